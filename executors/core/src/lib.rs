@@ -28,11 +28,13 @@
 //! caller can match to fall back or to exit with a distinct status.
 
 mod capture;
+mod context;
 mod error;
 mod job;
 mod package;
 
 pub use capture::OutputCapture;
+pub use context::{build_context_tar, write_context_tar};
 pub use error::ExecutorError;
 pub use job::{
     ExitStatus, JobEnd, JobOutcome, JobSpec, Limits, MessageKind, DEFAULT_MAX_STDOUT_BYTES,
@@ -67,7 +69,7 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// `docker` or `podman`.
     fn name(&self) -> &'static str;
 
-    /// Checks that the runtime answers.
+    /// Checks that the runtime responds.
     ///
     /// The dispatcher calls this before the first job so that an unreachable runtime is reported
     /// before any build starts. The default returns `Ok(())`, for backends that need no runtime.
@@ -97,7 +99,7 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     ///
     /// Returns when the agent has exited and everything it started has been removed, also when
     /// the job timed out, was cancelled through `job.cancel` or wrote more than
-    /// `job.max_stdout_bytes` to stdout; [`JobOutcome::end`] says which. `prepared` must come from
+    /// `job.max_stdout_bytes` to stdout; [`JobOutcome::end`] records which. `prepared` must come from
     /// [`prepare`](Executor::prepare) on the same backend.
     ///
     /// # Errors
