@@ -8,6 +8,7 @@
 
 mod context;
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 pub use context::{Context, ContextError, CONTEXT_KEYS, KEYWORDS};
@@ -183,12 +184,12 @@ pub fn resolve(
         .iter()
         .map(|field| field.name.as_str())
         .collect();
+    let known_set: HashSet<&str> = known.iter().copied().collect();
 
-    for (index, (name, value)) in user_values.iter().enumerate() {
-        if user_values[..index]
-            .iter()
-            .any(|(earlier, _)| earlier == name)
-        {
+    // Maps are used so that a request with many values costs linear time, not quadratic.
+    let mut given: HashMap<&str, &str> = HashMap::with_capacity(user_values.len());
+    for (name, value) in user_values {
+        if given.contains_key(name.as_str()) {
             errors.push(FormError {
                 field: name.clone(),
                 value: value.clone(),
@@ -196,7 +197,7 @@ pub fn resolve(
                 rule: FormRule::Duplicate,
                 custom_message: false,
             });
-        } else if !known.is_empty() && !known.contains(&name.as_str()) {
+        } else if !known.is_empty() && !known_set.contains(name.as_str()) {
             errors.push(FormError {
                 field: name.clone(),
                 value: value.clone(),
@@ -205,6 +206,7 @@ pub fn resolve(
                 custom_message: false,
             });
         }
+        given.entry(name.as_str()).or_insert(value.as_str());
     }
 
     if manifest.fields.is_empty() {
@@ -221,10 +223,9 @@ pub fn resolve(
     let mut warnings = Vec::new();
     let mut values = Vec::with_capacity(manifest.fields.len());
     for field in &manifest.fields {
-        let user_value = user_values
-            .iter()
-            .find(|(name, _)| *name == field.name)
-            .map(|(_, value)| value.clone());
+        let user_value = given
+            .get(field.name.as_str())
+            .map(|value| (*value).to_owned());
         let value = user_value.unwrap_or_else(|| {
             let prefill = field.value.as_deref().unwrap_or_default();
             substitute(prefill, context, &field.name, &mut warnings)

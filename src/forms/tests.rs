@@ -460,3 +460,18 @@ fn prefill_substitutes_for_display() {
     let form = prefill(&manifest, &full_context());
     assert_eq!(form.values, pairs(&[("a", "Main canvas"), ("b", "")]));
 }
+
+/// A quadratic duplicate check would make this run for minutes instead of milliseconds.
+#[test]
+fn resolve_many_unknown_fields() {
+    let manifest = manifest("[[fields]]\nname = \"a\"\n");
+    let values: Vec<(String, String)> = (0..100_000)
+        .map(|index| (format!("f{index}"), String::new()))
+        .collect();
+    let errors = resolve(&manifest, &values, &Context::default()).expect_err("unknown fields");
+    assert_eq!(errors.errors.len(), 100_000);
+    assert!(errors
+        .errors
+        .iter()
+        .all(|error| error.rule == FormRule::UnknownField));
+}
