@@ -1,0 +1,477 @@
+use serde_json::json;
+
+use super::*;
+
+fn full_context() -> Context {
+    Context::from_pairs([
+        "report-url=https://sift.example/r/1?a=b&c=d",
+        "report-name=Case \"42\"",
+        "user-name=alice@example.com",
+        "timeline-selection-start=2024-01-01T00:00:00Z",
+        "timeline-selection-end=2024-01-02T00:00:00Z",
+        r#"selected-node={"id": "n42", "label": "host \"a\"", "tags": ["x"]}"#,
+        "selected-node-id=n42",
+        "selected-node-display-name=Host A",
+        "selected-node-type=ip",
+        "canvas-name=Main canvas",
+    ])
+    .expect("valid context")
+}
+
+fn sub(text: &str, context: &Context) -> (String, Vec<Warning>) {
+    let mut warnings = Vec::new();
+    let output = substitute(text, context, "f", &mut warnings);
+    (output, warnings)
+}
+
+fn manifest(toml_text: &str) -> Manifest {
+    Manifest::from_toml_str(&format!("name = \"test\"\n{toml_text}"))
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect()
+}
+
+#[test]
+fn keywords_sorted_longest_first() {
+    for pair in KEYWORDS.windows(2) {
+        assert!(pair[0].0.len() >= pair[1].0.len(), "{pair:?}");
+    }
+    for (keyword, key) in KEYWORDS {
+        assert_eq!(keyword, format!("SIFT-{}", key.to_uppercase()));
+        assert!(CONTEXT_KEYS.contains(&key), "{key}");
+    }
+}
+
+#[test]
+fn substitute_every_keyword() {
+    let context = full_context();
+    let cases = [
+        ("SIFT-REPORT-URL", "https://sift.example/r/1?a=b&c=d"),
+        ("SIFT-REPORT-NAME", "Case \"42\""),
+        ("SIFT-USER-NAME", "alice@example.com"),
+        ("SIFT-TIMELINE-SELECTION-START", "2024-01-01T00:00:00Z"),
+        ("SIFT-TIMELINE-SELECTION-END", "2024-01-02T00:00:00Z"),
+        (
+            "SIFT-SELECTED-NODE",
+            r#"{"id":"n42","label":"host \"a\"","tags":["x"]}"#,
+        ),
+        ("SIFT-SELECTED-NODE-ID", "n42"),
+        ("SIFT-SELECTED-NODE-DISPLAY-NAME", "Host A"),
+        ("SIFT-SELECTED-NODE-TYPE", "ip"),
+        ("SIFT-CANVAS-NAME", "Main canvas"),
+    ];
+    for (keyword, expected) in cases {
+        let (output, warnings) = sub(&format!("<{keyword}>"), &context);
+        assert_eq!(output, format!("<{expected}>"), "{keyword}");
+        assert!(warnings.is_empty(), "{keyword}: {warnings:?}");
+    }
+}
+
+#[test]
+fn substitute_prefix_collisions() {
+    let context = full_context();
+    let (output, _) = sub(
+        "SIFT-SELECTED-NODE-ID|SIFT-SELECTED-NODE-TYPE|SIFT-SELECTED-NODE-DISPLAY-NAME|SIFT-SELECTED-NODE-IDX",
+        &context,
+    );
+    assert_eq!(output, "n42|ip|Host A|n42X");
+
+    // Only the node JSON is set: -ID must not become the JSON followed by "-ID".
+    let node_only = Context::from_pairs([r#"selected-node={"id":1}"#]).expect("context");
+    let (output, warnings) = sub("SIFT-SELECTED-NODE-ID SIFT-SELECTED-NODE", &node_only);
+    assert_eq!(output, r#" {"id":1}"#);
+    assert_eq!(
+        warnings,
+        [Warning {
+            field: "f".to_owned(),
+            keyword: "SIFT-SELECTED-NODE-ID"
+        }]
+    );
+}
+
+#[test]
+fn substitute_is_one_pass() {
+    let context = Context::from_pairs([
+        "user-name=SIFT-REPORT-NAME",
+        "report-name=SIFT-USER-NAME",
+        "canvas-name=SIFT-",
+    ])
+    .expect("context");
+    let (output, warnings) = sub("SIFT-USER-NAME / SIFT-REPORT-NAME", &context);
+    assert_eq!(output, "SIFT-REPORT-NAME / SIFT-USER-NAME");
+    assert!(warnings.is_empty());
+
+    // An inserted prefix joined with the text after it is not a keyword either.
+    let (output, _) = sub("SIFT-CANVAS-NAMEUSER-NAME", &context);
+    assert_eq!(output, "SIFT-USER-NAME");
+}
+
+#[test]
+fn substitute_leaves_other_text() {
+    let context = full_context();
+    let text = "SIFT-UNKNOWN sift-user-name SIFT SIFT-SIFT-USER-NAME \"q\"\nnext é 🚀";
+    let (output, warnings) = sub(text, &context);
+    assert_eq!(
+        output,
+        "SIFT-UNKNOWN sift-user-name SIFT SIFT-alice@example.com \"q\"\nnext é 🚀"
+    );
+    assert!(warnings.is_empty());
+}
+
+#[test]
+fn substitute_values_with_quotes_newlines_unicode() {
+    let context =
+        Context::from_pairs(["user-name=Zoë \"Z\" O'Neil\nline 2 — 世界"]).expect("context");
+    let (output, _) = sub("by SIFT-USER-NAME.", &context);
+    assert_eq!(output, "by Zoë \"Z\" O'Neil\nline 2 — 世界.");
+}
+
+#[test]
+fn substitute_missing_keyword_warns_once() {
+    let (output, warnings) = sub(
+        "SIFT-USER-NAME and SIFT-USER-NAME in SIFT-CANVAS-NAME",
+        &Context::default(),
+    );
+    assert_eq!(output, " and  in ");
+    assert_eq!(
+        warnings,
+        [
+            Warning {
+                field: "f".to_owned(),
+                keyword: "SIFT-USER-NAME"
+            },
+            Warning {
+                field: "f".to_owned(),
+                keyword: "SIFT-CANVAS-NAME"
+            },
+        ]
+    );
+    assert_eq!(
+        warnings[0].to_string(),
+        "field \"f\": SIFT-USER-NAME has no value in the context and was replaced by an empty string"
+    );
+}
+
+#[test]
+fn context_pairs_errors() {
+    assert_eq!(
+        Context::from_pairs(["user-name"]),
+        Err(ContextError::MissingEquals {
+            argument: "user-name".to_owned()
+        })
+    );
+    let error = Context::from_pairs(["user_name=a"]).expect_err("unknown key");
+    assert_eq!(
+        error,
+        ContextError::UnknownKey {
+            key: "user_name".to_owned()
+        }
+    );
+    assert_eq!(
+        error.to_string(),
+        "unknown context key \"user_name\"; valid keys: report-url, report-name, user-name, \
+         timeline-selection-start, timeline-selection-end, selected-node, selected-node-id, \
+         selected-node-display-name, selected-node-type, canvas-name"
+    );
+    assert_eq!(
+        Context::from_pairs(["user-name=a", "user-name=b"]),
+        Err(ContextError::Duplicate {
+            key: "user-name".to_owned()
+        })
+    );
+    let error = Context::from_pairs(["selected-node={oops"]).expect_err("bad JSON");
+    assert!(
+        matches!(error, ContextError::InvalidSelectedNode { .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn context_pairs_keep_equals_in_value() {
+    let context =
+        Context::from_pairs(["report-url=https://x/?a=1&b=2", "user-name="]).expect("context");
+    assert_eq!(context.report_url.as_deref(), Some("https://x/?a=1&b=2"));
+    assert_eq!(context.user_name.as_deref(), Some(""));
+}
+
+#[test]
+fn context_from_json() {
+    let context: Context = serde_json::from_value(json!({
+        "user-name": "bob",
+        "selected-node": {"id": "n1"},
+    }))
+    .expect("context");
+    assert_eq!(context.user_name.as_deref(), Some("bob"));
+    assert_eq!(
+        context.value("selected-node").as_deref(),
+        Some(r#"{"id":"n1"}"#)
+    );
+
+    let from_string: Context =
+        serde_json::from_value(json!({"selected-node": "{\"id\": \"n1\"}"})).expect("context");
+    assert_eq!(from_string.selected_node, Some(json!({"id": "n1"})));
+
+    let error =
+        serde_json::from_value::<Context>(json!({"user_name": "bob"})).expect_err("unknown key");
+    assert!(
+        error.to_string().contains("unknown field `user_name`"),
+        "{error}"
+    );
+
+    let error = serde_json::from_value::<Context>(json!({"selected-node": "{not json"}))
+        .expect_err("bad node");
+    assert!(
+        error
+            .to_string()
+            .contains("selected-node is a string but not JSON"),
+        "{error}"
+    );
+}
+
+#[test]
+fn resolve_user_values_replace_prefills() {
+    let manifest = manifest(
+        r#"
+[[fields]]
+name = "message"
+value = "Hi from SIFT-USER-NAME"
+[[fields]]
+name = "target"
+value = "SIFT-SELECTED-NODE-ID"
+"#,
+    );
+    let context = full_context();
+    let form = resolve(
+        &manifest,
+        &pairs(&[("target", "typed SIFT-USER-NAME literally")]),
+        &context,
+    )
+    .expect("valid form");
+    assert_eq!(
+        form.values,
+        pairs(&[
+            ("message", "Hi from alice@example.com"),
+            ("target", "typed SIFT-USER-NAME literally"),
+        ])
+    );
+}
+
+#[test]
+fn resolve_keeps_manifest_order() {
+    let manifest = manifest("[[fields]]\nname = \"b\"\n[[fields]]\nname = \"a\"\n");
+    let form = resolve(
+        &manifest,
+        &pairs(&[("a", "1"), ("b", "2")]),
+        &Context::default(),
+    )
+    .expect("valid form");
+    assert_eq!(form.values, pairs(&[("b", "2"), ("a", "1")]));
+}
+
+#[test]
+fn resolve_reports_missing_keyword() {
+    let manifest = manifest("[[fields]]\nname = \"m\"\nvalue = \"by SIFT-USER-NAME\"\n");
+    let form = resolve(&manifest, &[], &Context::default()).expect("valid form");
+    assert_eq!(form.values, pairs(&[("m", "by ")]));
+    assert_eq!(
+        form.warnings,
+        [Warning {
+            field: "m".to_owned(),
+            keyword: "SIFT-USER-NAME"
+        }]
+    );
+}
+
+#[test]
+fn resolve_unknown_and_duplicate_fields() {
+    let manifest = manifest("[[fields]]\nname = \"a\"\n[[fields]]\nname = \"b\"\n");
+    let errors = resolve(
+        &manifest,
+        &pairs(&[("c", "1"), ("a", "2"), ("a", "3")]),
+        &Context::default(),
+    )
+    .expect_err("bad names");
+    assert_eq!(errors.errors.len(), 2, "{errors}");
+    assert_eq!(errors.errors[0].rule, FormRule::UnknownField);
+    assert_eq!(
+        errors.errors[0].message,
+        "unknown field \"c\"; known fields: a, b"
+    );
+    assert_eq!(errors.errors[1].rule, FormRule::Duplicate);
+    assert_eq!(errors.errors[1].field, "a");
+}
+
+#[test]
+fn resolve_without_fields_takes_user_values() {
+    let manifest = Manifest::default_for("bare");
+    let values = pairs(&[("z", "SIFT-USER-NAME"), ("message", "hi")]);
+    let form = resolve(&manifest, &values, &full_context()).expect("valid form");
+    assert_eq!(form.values, values);
+
+    let errors = resolve(
+        &manifest,
+        &pairs(&[("x", "1"), ("x", "2")]),
+        &Context::default(),
+    )
+    .expect_err("duplicate");
+    assert_eq!(errors.errors[0].rule, FormRule::Duplicate);
+}
+
+#[test]
+fn resolve_regex_rule() {
+    let manifest = manifest("[[fields]]\nname = \"ip\"\nregex = \"[0-9.]+\"\n");
+    let context = Context::default();
+    assert!(resolve(&manifest, &pairs(&[("ip", "10.0.0.1")]), &context).is_ok());
+
+    let errors = resolve(&manifest, &pairs(&[("ip", "10.0.0.1; rm")]), &context)
+        .expect_err("partial match is not enough");
+    assert_eq!(
+        errors.errors,
+        [FormError {
+            field: "ip".to_owned(),
+            value: "10.0.0.1; rm".to_owned(),
+            message: "field \"ip\" must match the regex [0-9.]+ as a whole".to_owned(),
+            rule: FormRule::Regex,
+            custom_message: false,
+        }]
+    );
+    assert_eq!(
+        errors.to_string(),
+        "invalid form values:\n  field \"ip\" must match the regex [0-9.]+ as a whole"
+    );
+
+    // An empty value is checked too.
+    let errors = resolve(&manifest, &[], &context).expect_err("empty value");
+    assert_eq!(errors.errors[0].value, "");
+}
+
+#[test]
+fn resolve_custom_validation_message() {
+    let manifest = manifest(
+        "[[fields]]\nname = \"ip\"\nregex = \"[0-9.]+\"\nvalidation_message = \"Enter an IPv4 address.\"\n",
+    );
+    let errors =
+        resolve(&manifest, &pairs(&[("ip", "x")]), &Context::default()).expect_err("invalid");
+    assert_eq!(errors.errors[0].message, "Enter an IPv4 address.");
+    assert_eq!(
+        errors.errors[0].to_string(),
+        "field \"ip\": Enter an IPv4 address."
+    );
+}
+
+#[test]
+fn resolve_validates_substituted_prefill() {
+    let manifest =
+        manifest("[[fields]]\nname = \"who\"\nvalue = \"SIFT-USER-NAME\"\nregex = \".+@.+\"\n");
+    let form = resolve(&manifest, &[], &full_context()).expect("valid prefill");
+    assert_eq!(form.values, pairs(&[("who", "alice@example.com")]));
+
+    let errors =
+        resolve(&manifest, &[], &Context::default()).expect_err("empty after substitution");
+    assert_eq!(errors.errors[0].rule, FormRule::Regex);
+}
+
+#[test]
+fn resolve_select_rule() {
+    let manifest = manifest(
+        "[[fields]]\nname = \"level\"\nui_element = \"select\"\noptions = [{ label = \"High\", value = \"high\" }, { value = \"low\" }]\n",
+    );
+    let context = Context::default();
+    assert!(resolve(&manifest, &pairs(&[("level", "low")]), &context).is_ok());
+
+    let errors = resolve(&manifest, &pairs(&[("level", "High")]), &context)
+        .expect_err("label is not a value");
+    assert_eq!(errors.errors[0].rule, FormRule::Select);
+    assert_eq!(
+        errors.errors[0].message,
+        "field \"level\" must be one of: high, low"
+    );
+}
+
+#[test]
+fn resolve_date_rule() {
+    let manifest = manifest("[[fields]]\nname = \"day\"\nui_element = \"date\"\n");
+    let context = Context::default();
+    for valid in ["2024-02-29", "1999-12-31", "2000-01-01"] {
+        let form = resolve(&manifest, &pairs(&[("day", valid)]), &context)
+            .unwrap_or_else(|error| panic!("{valid}: {error}"));
+        assert_eq!(form.values[0].1, valid);
+    }
+    for invalid in [
+        "2023-02-29",
+        "2024-13-01",
+        "2024-00-10",
+        "2024-04-31",
+        "2024-4-01",
+        "24-04-01",
+        "2024/04/01",
+        "2024-04-01T00:00",
+        "٢٠٢٤-٠٤-٠١",
+        "",
+    ] {
+        let errors = resolve(&manifest, &pairs(&[("day", invalid)]), &context).expect_err(invalid);
+        assert_eq!(errors.errors[0].rule, FormRule::Date, "{invalid}");
+        assert_eq!(
+            errors.errors[0].message,
+            "field \"day\" must be a date in the form YYYY-MM-DD, such as 2024-02-29"
+        );
+    }
+}
+
+#[test]
+fn resolve_collects_every_error() {
+    let manifest = manifest(
+        r#"
+[[fields]]
+name = "day"
+ui_element = "date"
+[[fields]]
+name = "ok"
+[[fields]]
+name = "level"
+ui_element = "select"
+options = [{ value = "a" }]
+"#,
+    );
+    let errors = resolve(
+        &manifest,
+        &pairs(&[("day", "tomorrow"), ("level", "b"), ("nope", "1")]),
+        &Context::default(),
+    )
+    .expect_err("three errors");
+    let fields: Vec<&str> = errors
+        .errors
+        .iter()
+        .map(|error| error.field.as_str())
+        .collect();
+    assert_eq!(fields, ["nope", "day", "level"]);
+}
+
+#[test]
+fn prefill_substitutes_for_display() {
+    let manifest = manifest(
+        "[[fields]]\nname = \"a\"\nvalue = \"SIFT-CANVAS-NAME\"\n[[fields]]\nname = \"b\"\n",
+    );
+    let form = prefill(&manifest, &full_context());
+    assert_eq!(form.values, pairs(&[("a", "Main canvas"), ("b", "")]));
+}
+
+/// A quadratic duplicate check would make this run for minutes instead of milliseconds.
+#[test]
+fn resolve_many_unknown_fields() {
+    let manifest = manifest("[[fields]]\nname = \"a\"\n");
+    let values: Vec<(String, String)> = (0..100_000)
+        .map(|index| (format!("f{index}"), String::new()))
+        .collect();
+    let errors = resolve(&manifest, &values, &Context::default()).expect_err("unknown fields");
+    assert_eq!(errors.errors.len(), 100_000);
+    assert!(errors
+        .errors
+        .iter()
+        .all(|error| error.rule == FormRule::UnknownField));
+}

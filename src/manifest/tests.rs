@@ -1,0 +1,507 @@
+use super::*;
+
+/// Parses TOML that must be rejected and returns its problems as `path: message` lines.
+fn problems(toml_text: &str) -> Vec<String> {
+    match Manifest::from_toml_str(toml_text) {
+        Ok(manifest) => panic!("expected problems, parsed {manifest:?}"),
+        Err(error @ ManifestError::Invalid { .. }) => error.problems(),
+        Err(other) => panic!("expected validation problems, got {other}"),
+    }
+}
+
+fn parse(toml_text: &str) -> Manifest {
+    Manifest::from_toml_str(toml_text).unwrap_or_else(|error| panic!("{error}"))
+}
+
+const FULL: &str = r#"
+name = "  Slack notifier  "
+take_user_input = false
+section = "canvas"
+section_element = "nodes"
+section_element_type = ["ip", "domain"]
+
+[[fields]]
+name = "message"
+label = "Message"
+ui_element = "textarea"
+value = "From SIFT-USER-NAME: \"hi\"\nbye"
+regex = ".{1,2000}"
+validation_message = "Write 1 to 2000 characters."
+tooltip = "Sent to the channel"
+
+[[fields]]
+name = "level"
+ui_element = "select"
+options = [{ label = "High", value = "high" }, { value = "low" }]
+value = "low"
+
+[[fields]]
+name = "day"
+ui_element = "date"
+
+[env]
+url = "https://example.com/hook?a=1&b=2"
+API_KEY = "s3cr=t \"quoted\" é"
+
+[run]
+command = "python3 'agent dir/agent.py' --verbose"
+timeout_secs = 30
+"#;
+
+#[test]
+fn manifest_full_example_parses() {
+    let manifest = parse(FULL);
+    assert_eq!(manifest.name, "Slack notifier");
+    assert!(!manifest.take_user_input);
+    assert_eq!(manifest.section, Some(Section::Canvas));
+    assert_eq!(manifest.section_element, Some(SectionElement::Nodes));
+    assert_eq!(manifest.section_element_type, ["ip", "domain"]);
+    assert_eq!(manifest.fields.len(), 3);
+
+    let message = &manifest.fields[0];
+    assert_eq!(message.ui_element, UiElement::Textarea);
+    assert_eq!(
+        message.value.as_deref(),
+        Some("From SIFT-USER-NAME: \"hi\"\nbye")
+    );
+    assert_eq!(
+        message.regex.as_ref().map(FieldRegex::as_str),
+        Some(".{1,2000}")
+    );
+
+    let level = &manifest.fields[1];
+    assert_eq!(level.label, "level");
+    assert_eq!(
+        level.options,
+        [
+            SelectOption {
+                label: "High".to_owned(),
+                value: "high".to_owned()
+            },
+            SelectOption {
+                label: "low".to_owned(),
+                value: "low".to_owned()
+            },
+        ]
+    );
+    assert_eq!(manifest.fields[2].ui_element, UiElement::Date);
+    assert_eq!(manifest.env["API_KEY"], "s3cr=t \"quoted\" é");
+    assert_eq!(
+        manifest.command(),
+        Some(
+            &[
+                "python3".to_owned(),
+                "agent dir/agent.py".to_owned(),
+                "--verbose".to_owned()
+            ][..]
+        )
+    );
+    assert_eq!(manifest.timeout(), Some(std::time::Duration::from_secs(30)));
+}
+
+#[test]
+fn manifest_round_trips_toml() {
+    let manifest = parse(FULL);
+    let text = toml::to_string(&manifest).expect("manifest serialises to TOML");
+    assert_eq!(parse(&text), manifest, "TOML:\n{text}");
+}
+
+#[test]
+fn manifest_round_trips_json() {
+    let manifest = parse(FULL);
+    let json = serde_json::to_vec(&manifest).expect("manifest serialises to JSON");
+    let parsed = Manifest::from_json_slice(&json).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(parsed, manifest);
+
+    // The Deserialize impl goes through the same validation.
+    let embedded: Manifest = serde_json::from_slice(&json).expect("deserialize");
+    assert_eq!(embedded, manifest);
+}
+
+#[test]
+fn manifest_minimal_defaults() {
+    let manifest = parse("name = \"echo\"\n");
+    assert_eq!(manifest, Manifest::default_for("echo"));
+    assert!(manifest.take_user_input);
+    assert_eq!(manifest.timeout(), None);
+}
+
+#[test]
+fn manifest_default_for_names() {
+    assert_eq!(Manifest::default_for("  my-agent ").name, "my-agent");
+    assert_eq!(Manifest::default_for("").name, "agent");
+    assert_eq!(
+        Manifest::default_for(&"x".repeat(150)).name.chars().count(),
+        MAX_NAME_CHARS
+    );
+}
+
+#[test]
+fn manifest_load_missing_file_defaults() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = Manifest::load(dir.path(), "echo").expect("defaults");
+    assert_eq!(manifest, Manifest::default_for("echo"));
+}
+
+#[test]
+fn manifest_load_reads_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join(MANIFEST_FILE), "name = \"from file\"\n").expect("write");
+    let manifest = Manifest::load(dir.path(), "folder").expect("manifest");
+    assert_eq!(manifest.name, "from file");
+}
+
+#[test]
+fn manifest_load_error_names_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(MANIFEST_FILE);
+    std::fs::write(&path, "name = \"x\"\nsection = \"sidebar\"\n").expect("write");
+    let error = Manifest::load(dir.path(), "folder").expect_err("invalid");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "invalid manifest {}:\n  section: unknown value \"sidebar\"; expected one of canvas, collaborate",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn manifest_load_too_large() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = format!(
+        "name = \"x\"\n#{}\n",
+        "a".repeat(MAX_MANIFEST_BYTES as usize)
+    );
+    std::fs::write(dir.path().join(MANIFEST_FILE), text).expect("write");
+    let error = Manifest::load(dir.path(), "folder").expect_err("too large");
+    assert!(
+        matches!(error, ManifestError::TooLarge { bytes, .. } if bytes > MAX_MANIFEST_BYTES),
+        "{error}"
+    );
+}
+
+#[test]
+fn manifest_syntax_error_position() {
+    let error = Manifest::from_toml_str("name = \"x\"\nsection = \n").expect_err("syntax");
+    match error {
+        ManifestError::Syntax {
+            format,
+            line,
+            column,
+            ..
+        } => {
+            assert_eq!(format, "TOML");
+            assert_eq!(line, 2);
+            assert_eq!(column, 11);
+        }
+        other => panic!("expected a syntax error, got {other}"),
+    }
+}
+
+#[test]
+fn manifest_unknown_key_position() {
+    let error =
+        Manifest::from_toml_str("name = \"x\"\n\n[[fields]]\nname = \"a\"\nwidget = \"text\"\n")
+            .expect_err("unknown key");
+    match &error {
+        ManifestError::Syntax {
+            line,
+            column,
+            message,
+            ..
+        } => {
+            assert_eq!(*line, 5, "{error}");
+            assert_eq!(*column, 1, "{error}");
+            assert!(message.contains("unknown field `widget`"), "{message}");
+            assert!(message.contains("`ui_element`"), "{message}");
+        }
+        other => panic!("expected a syntax error, got {other}"),
+    }
+}
+
+#[test]
+fn manifest_unknown_top_level_key() {
+    let error = Manifest::from_toml_str("name = \"x\"\ntimeout = 5\n").expect_err("unknown key");
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "invalid TOML in integration.toml at line 2, column 1: unknown field `timeout`"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn manifest_json_unknown_key_position() {
+    let error =
+        Manifest::from_json_slice(b"{\"name\": \"x\",\n \"colour\": 1}").expect_err("unknown");
+    match &error {
+        ManifestError::Syntax {
+            format,
+            line,
+            message,
+            ..
+        } => {
+            assert_eq!(*format, "JSON");
+            assert_eq!(*line, 2);
+            assert!(message.starts_with("unknown field `colour`"), "{message}");
+            assert!(!message.contains("at line"), "{message}");
+        }
+        other => panic!("expected a syntax error, got {other}"),
+    }
+}
+
+#[test]
+fn manifest_wrong_type_position() {
+    let error = Manifest::from_toml_str("name = \"x\"\ntake_user_input = \"yes\"\n")
+        .expect_err("wrong type");
+    assert!(
+        matches!(error, ManifestError::Syntax { line: 2, .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn manifest_name_rules() {
+    assert_eq!(
+        problems("section = \"canvas\"\n"),
+        ["name: missing; a manifest must name its integration, for example name = \"Slack\""]
+    );
+    assert_eq!(
+        problems("name = \"   \"\n"),
+        ["name: is empty; give the integration a name"]
+    );
+    assert_eq!(
+        problems(&format!("name = \"{}\"\n", "n".repeat(101))),
+        ["name: is 101 characters long; the maximum is 100"]
+    );
+    // 100 characters of non-ASCII text are allowed.
+    assert_eq!(
+        parse(&format!("name = \"{}\"\n", "é".repeat(100)))
+            .name
+            .chars()
+            .count(),
+        100
+    );
+}
+
+#[test]
+fn manifest_section_rules() {
+    assert_eq!(
+        problems("name = \"x\"\nsection = \"sidebar\"\n"),
+        ["section: unknown value \"sidebar\"; expected one of canvas, collaborate"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\nsection = \"collaborate\"\nsection_element = \"nodes\"\n"),
+        ["section_element: unknown value \"nodes\" for section \"collaborate\"; expected one of report"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\nsection = \"canvas\"\nsection_element = \"report\"\n"),
+        ["section_element: unknown value \"report\" for section \"canvas\"; expected one of nodes, edges, canvas"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\nsection_element = \"nodes\"\n"),
+        ["section_element: \"nodes\" is set without a section; also set section to one of canvas, collaborate"]
+    );
+    let manifest = parse("name = \"x\"\nsection = \"collaborate\"\nsection_element = \"report\"\n");
+    assert_eq!(manifest.section_element, Some(SectionElement::Report));
+}
+
+#[test]
+fn manifest_element_type_rules() {
+    let manifest =
+        parse("name = \"x\"\nsection = \"canvas\"\nsection_element = \"edges\"\nsection_element_type = \"link\"\n");
+    assert_eq!(manifest.section_element_type, ["link"]);
+
+    assert_eq!(
+        problems("name = \"x\"\nsection = \"collaborate\"\nsection_element_type = [\"ip\"]\n"),
+        ["section_element_type: applies only to section \"canvas\" with section_element \"nodes\" or \"edges\", but the manifest has section \"collaborate\"; remove it or change the placement"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\nsection = \"canvas\"\nsection_element = \"canvas\"\nsection_element_type = [\"ip\"]\n"),
+        ["section_element_type: applies only to section \"canvas\" with section_element \"nodes\" or \"edges\", but the manifest has section \"canvas\" with section_element \"canvas\"; remove it or change the placement"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\nsection = \"canvas\"\nsection_element_type = [\"ip\", \" \", 4]\n"),
+        [
+            "section_element_type[1]: is empty; give an element type such as \"ip\"",
+            "section_element_type[2]: expected a string, found the number 4",
+        ]
+    );
+    assert_eq!(
+        problems("name = \"x\"\nsection = \"canvas\"\nsection_element_type = 4\n"),
+        ["section_element_type: expected a string or a list of strings, found the number 4"]
+    );
+}
+
+#[test]
+fn manifest_field_rules() {
+    let text = r#"
+name = "x"
+
+[[fields]]
+label = "No name"
+
+[[fields]]
+name = "my field"
+
+[[fields]]
+name = "dup"
+
+[[fields]]
+name = "dup"
+ui_element = "dropdown"
+
+[[fields]]
+name = "choice"
+ui_element = "select"
+
+[[fields]]
+name = "free"
+options = [{ value = "a" }]
+
+[[fields]]
+name = "pattern"
+regex = "([a-z]"
+
+[[fields]]
+name = "opts"
+ui_element = "select"
+options = [{ value = "a" }, { label = "A again", value = "a" }, { label = "no value" }]
+"#;
+    assert_eq!(
+        problems(text),
+        [
+            "fields[0].name: missing; every field needs a name",
+            "fields[1].name: invalid name \"my field\"; use ASCII letters, digits, \"_\" and \"-\", starting with a letter or \"_\", at most 64 characters",
+            "fields[3].name: duplicate name \"dup\"; fields[2] already uses it",
+            "fields[3].ui_element: unknown value \"dropdown\"; expected one of text, textarea, select, date",
+            "fields[4].options: missing; a select field needs at least one option, such as options = [{ label = \"High\", value = \"high\" }]",
+            "fields[5].options: only ui_element = \"select\" takes options, and this field is \"text\"; remove the options or make it a select",
+            "fields[6].regex: invalid regex \"([a-z]\": unclosed group; see the syntax of the Rust regex crate",
+            "fields[7].options[1].value: duplicate value \"a\"; option values must be unique",
+            "fields[7].options[2].value: missing; every option needs the value sent to the agent",
+        ]
+    );
+}
+
+#[test]
+fn manifest_field_name_forms() {
+    for name in ["a", "_private", "ip-address", "Field_2", &"n".repeat(64)] {
+        let manifest = parse(&format!("name = \"x\"\n[[fields]]\nname = \"{name}\"\n"));
+        assert_eq!(manifest.fields[0].name, name);
+    }
+    for name in ["2fast", "-dash", "", "a.b", "naïve", &"n".repeat(65)] {
+        let found = problems(&format!("name = \"x\"\n[[fields]]\nname = \"{name}\"\n"));
+        assert_eq!(found.len(), 1, "{name}: {found:?}");
+        assert!(
+            found[0].starts_with("fields[0].name: invalid name"),
+            "{found:?}"
+        );
+    }
+}
+
+#[test]
+fn manifest_regex_matches_whole_value() {
+    let regex = FieldRegex::new("[0-9]+|none").expect("valid regex");
+    assert!(regex.matches_whole("123"));
+    assert!(regex.matches_whole("none"));
+    assert!(!regex.matches_whole("123abc"));
+    assert!(!regex.matches_whole("x none"));
+}
+
+#[test]
+fn manifest_env_rules() {
+    let found =
+        problems("name = \"x\"\n[env]\n\"MY-VAR\" = \"1\"\n\"2X\" = \"2\"\nOK = \"a\\u0000b\"\n");
+    assert_eq!(
+        found,
+        [
+            "env.2X: invalid variable name \"2X\"; use ASCII letters, digits and \"_\", not starting with a digit",
+            "env.MY-VAR: invalid variable name \"MY-VAR\"; use ASCII letters, digits and \"_\", not starting with a digit",
+            "env.OK: value contains a NUL byte, which no process environment can carry",
+        ]
+    );
+}
+
+#[test]
+fn manifest_env_value_not_in_message() {
+    let found = problems("name = \"x\"\n[env]\nTOKEN = \"hunter2\\u0000\"\n");
+    assert!(!found[0].contains("hunter2"), "{found:?}");
+}
+
+#[test]
+fn manifest_run_rules() {
+    assert_eq!(
+        problems("name = \"x\"\n[run]\ncommand = []\n"),
+        ["run.command: is empty; give the program and its arguments"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\n[run]\ncommand = \"  \"\n"),
+        ["run.command: is empty; give the program and its arguments"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\n[run]\ncommand = \"python3 'agent.py\"\n"),
+        ["run.command: cannot split \"python3 'agent.py\" into words (missing closing quote); check its quotes"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\n[run]\ncommand = [\"python3\", 3]\n"),
+        ["run.command[1]: expected a string, found the number 3"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\n[run]\ncommand = 3\n"),
+        ["run.command: expected a list of strings or a command line, found the number 3"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\n[run]\ncommand = [\"\", \"a\"]\n"),
+        ["run.command[0]: the program is empty; give its path or name"]
+    );
+    for secs in [0, -5, 3601] {
+        assert_eq!(
+            problems(&format!("name = \"x\"\n[run]\ntimeout_secs = {secs}\n")),
+            [format!(
+                "run.timeout_secs: {secs} is out of range; expected an integer from 1 to 3600"
+            )]
+        );
+    }
+    for secs in [1, 3600] {
+        let manifest = parse(&format!("name = \"x\"\n[run]\ntimeout_secs = {secs}\n"));
+        assert_eq!(
+            manifest.timeout(),
+            Some(std::time::Duration::from_secs(secs))
+        );
+    }
+    let manifest = parse("name = \"x\"\n[run]\ncommand = [\"./agent\", \"a b\"]\n");
+    assert_eq!(
+        manifest.command(),
+        Some(&["./agent".to_owned(), "a b".to_owned()][..])
+    );
+}
+
+#[test]
+fn manifest_lists_every_problem() {
+    let text = "section = \"x\"\n[[fields]]\nname = \"a\"\nui_element = \"dropdown\"\n[run]\ntimeout_secs = 0\n";
+    let found = problems(text);
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert!(found[0].starts_with("name: missing"));
+    assert!(found[1].starts_with("section: unknown value \"x\""));
+    assert!(found[2].starts_with("fields[0].ui_element: unknown value \"dropdown\""));
+    assert!(found[3].starts_with("run.timeout_secs: 0 is out of range"));
+}
+
+#[test]
+fn manifest_json_same_rules() {
+    let json = br#"{"name": "x", "fields": [{"name": "a", "ui_element": "dropdown"}]}"#;
+    let error = Manifest::from_json_slice(json).expect_err("invalid");
+    assert_eq!(
+        error.problems(),
+        ["fields[0].ui_element: unknown value \"dropdown\"; expected one of text, textarea, select, date"]
+    );
+
+    let json = br#"{"name": "x", "run": {"command": ["python3", "agent.py"], "timeout_secs": 5},
+        "section_element_type": "ip", "section": "canvas"}"#;
+    let manifest = Manifest::from_json_slice(json).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(manifest.section_element_type, ["ip"]);
+    assert_eq!(manifest.timeout(), Some(std::time::Duration::from_secs(5)));
+}
