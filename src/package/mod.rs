@@ -2,7 +2,9 @@
 //! content digest.
 
 mod error;
+mod layout;
 mod limits;
+mod names;
 
 pub use error::{NameRule, PackageError, SpecialKind};
 pub use limits::{
