@@ -5,6 +5,7 @@ mod error;
 mod layout;
 mod limits;
 mod names;
+mod tree;
 
 pub use error::{NameRule, PackageError, SpecialKind};
 pub use limits::{
