@@ -1,6 +1,7 @@
 //! Package intake: turns a folder or a `.zip` upload into a validated package folder with a
 //! content digest.
 
+mod archive;
 mod error;
 mod layout;
 mod limits;
