@@ -28,7 +28,8 @@ use super::tree;
 const BUFFER_BYTES: usize = 64 * 1024;
 
 /// Central directory bytes allowed per entry of [`IntakeLimits::max_entries`]. A record is 46
-/// bytes plus its name, extra fields and comment, usually under 300 bytes in total.
+/// bytes plus its name, extra fields and comment: an estimated 100 to 300 bytes for archives
+/// that `zip -r` writes.
 const DIRECTORY_BYTES_PER_ENTRY: u64 = 1024;
 /// Bytes allowed on top of the per-entry budget, for finding the end of the central directory:
 /// the zip reader searches the last 64 KiB, where the archive comment may be.
@@ -219,7 +220,7 @@ impl<R: Read> Read for BudgetReader<R> {
         if self.budget.exceeded.get() {
             return Err(io::Error::other("central directory read budget exceeded"));
         }
-        // Asking for one byte more than the budget tells "used up" from "exceeded".
+        // Asking for one byte more than the budget distinguishes "used up" from "exceeded".
         let allowed = usize::try_from(remaining.saturating_add(1))
             .unwrap_or(usize::MAX)
             .min(buffer.len());

@@ -17,8 +17,8 @@
 //! zip. That is simpler to get right than checking where each link points, and costs little,
 //! because `zip -r` stores the file a link points to unless it is given `-y`.
 //!
-//! A zip is checked entirely before the first byte is written (names, types, encryption,
-//! compression methods, collisions, declared sizes and the layout rule), and the limits in
+//! A zip is checked entirely before the first byte is written: names, types, encryption,
+//! compression methods, collisions, declared sizes and the layout rule. The limits in
 //! [`IntakeLimits`] are enforced again while decompressing, because the sizes in zip headers come
 //! from the uploader. Files are written with mode `0644`, or `0755` when the entry has any
 //! execute bit; setuid, setgid and sticky bits are never set. Every rejection leaves nothing
@@ -127,7 +127,8 @@ impl PackageSource {
 /// private temporary folder in [`std::env::temp_dir`].
 ///
 /// A file is taken as a zip archive when it starts with a zip signature, whatever its name.
-/// This function blocks on file I/O, so async callers run it on a blocking thread.
+/// The temporary folder has mode `0700`, so only the engine's own user can read the unpacked
+/// files. This function blocks on file I/O, so async callers run it on a blocking thread.
 ///
 /// # Errors
 ///
@@ -184,12 +185,12 @@ pub fn open_with_temp_dir(
 /// `dest` must not exist, and its parent folder must. The package is unpacked (a zip) or copied
 /// (a folder) into a new staging folder beside `dest`, which is renamed to `dest` once the
 /// package passed every check, so `dest` never contains a partial package. The staging folder is
-/// removed on any error. `dest` gets mode `0755`; the caller's data folder is what keeps other
-/// users out.
+/// removed on any error. `dest` gets mode `0755`, because the caller's data folder is what keeps
+/// other users out.
 ///
 /// # Errors
 ///
-/// As for [`open`]; [`PackageError::Io`] with [`io::ErrorKind::AlreadyExists`] when `dest`
+/// As for [`open`], and [`PackageError::Io`] with [`io::ErrorKind::AlreadyExists`] when `dest`
 /// exists.
 pub fn open_into(path: &Path, dest: &Path, limits: &IntakeLimits) -> Result<Package, PackageError> {
     let started = Instant::now();
@@ -233,7 +234,7 @@ pub fn open_into(path: &Path, dest: &Path, limits: &IntakeLimits) -> Result<Pack
             error,
         )
     })?;
-    // The folder now lives at `dest`; keeping the handle from removing anything.
+    // The folder now lives at `dest`, so the handle must not remove anything.
     let _ = staging.keep();
 
     let package = Package {
