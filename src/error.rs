@@ -13,6 +13,7 @@ use agentrun_executor::ExecutorError;
 use crate::dispatcher::{HealthReport, JobStatus, WorkResult};
 use crate::forms::{ContextError, FormErrors};
 use crate::manifest::ManifestError;
+use crate::package::PackageError;
 use crate::protocol::ReplyError;
 
 /// Any failure of a command before or around a job. An agent that runs and misbehaves is not an
@@ -32,14 +33,9 @@ pub enum Error {
     #[error(transparent)]
     Form(#[from] FormErrors),
 
-    /// The package was rejected at intake.
-    // TODO: replace with `crate::package::PackageError` once package intake exists, keeping the
-    // exit status 2.
-    #[error("invalid package: {message}")]
-    Package {
-        /// The problem with the package and the fix.
-        message: String,
-    },
+    /// The package was rejected at intake, or the engine failed to unpack it.
+    #[error(transparent)]
+    Package(#[from] PackageError),
 
     /// A command-line or API argument is invalid, such as an env variable name.
     #[error("{message}")]
@@ -121,8 +117,10 @@ pub fn exit_for(outcome: Outcome<'_>) -> Exit {
             Error::Manifest(_)
             | Error::Context(_)
             | Error::Form(_)
-            | Error::Package { .. }
             | Error::InvalidArgument { .. } => Exit::InvalidInput,
+            Error::Package(error) if error.is_invalid_input() => Exit::InvalidInput,
+            // The engine's own file system failed while unpacking, not the user's input.
+            Error::Package(_) => Exit::ExecutorUnavailable,
             Error::Reply(_) => Exit::NoValidReply,
             Error::Executor(error) => match error {
                 ExecutorError::InvalidPackage { .. } | ExecutorError::BuildFailed { .. } => {
@@ -248,9 +246,10 @@ mod tests {
             ),
             (form.into(), Exit::InvalidInput),
             (
-                Error::Package {
-                    message: "no Dockerfile".to_owned(),
-                },
+                PackageError::NotFound {
+                    path: PathBuf::from("/missing"),
+                }
+                .into(),
                 Exit::InvalidInput,
             ),
             (
