@@ -11,6 +11,7 @@
 
 pub mod backends;
 pub mod cli;
+pub mod config;
 pub mod dispatcher;
 pub mod error;
 pub mod forms;
