@@ -18,5 +18,6 @@ pub mod forms;
 pub mod manifest;
 pub mod package;
 pub mod protocol;
+pub mod store;
 
 pub use agentrun_executor as executor;
