@@ -1,9 +1,9 @@
 //! A Dockerfile reader that keeps only what the subprocess backend needs: the last stage's
 //! `WORKDIR`, its `COPY`/`ADD` instructions and its `ENTRYPOINT` and `CMD`.
 //!
-//! The reader follows the classic builder's syntax: instructions are case-insensitive, a line
+//! The reader follows the classic builder's syntax. Instructions are case-insensitive. A line
 //! ending in the escape character (`\`, or the one set by a leading `# escape=` directive)
-//! continues on the next line, comment lines are dropped even inside a continuation, and an
+//! continues on the next line, and comment lines are dropped even inside a continuation. An
 //! argument that parses as a JSON array of strings is in exec form. `ENV` and `ARG` values are
 //! substituted into `WORKDIR`, `COPY` and `ADD` arguments as the builder does (`$name`, `${name}`,
 //! `${name:-default}` and `${name:+alternative}`). Every other instruction is skipped.
@@ -49,7 +49,7 @@ pub(crate) struct CopyInstruction {
     pub from: Option<String>,
 }
 
-/// What the last stage of a Dockerfile defines.
+/// The parts of a Dockerfile's last stage that the backend uses.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FinalStage {
     /// Line number of the stage's `FROM`.
@@ -66,7 +66,7 @@ pub(crate) struct FinalStage {
     pub cmd: Option<(usize, CommandForm)>,
 }
 
-/// Why a Dockerfile could not be read.
+/// Error reading a Dockerfile.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DockerfileError {
     /// No `FROM` instruction.

@@ -1,5 +1,5 @@
-//! What the subprocess backend can do to contain an agent: run it as another user and apply
-//! resource limits. Both happen in the forked child, between `fork` and `exec`.
+//! Containment for subprocess agents: running as another user, and resource limits. Both are
+//! applied in the forked child, between `fork` and `exec`.
 
 use std::ffi::CString;
 use std::io;
@@ -199,9 +199,8 @@ pub(crate) fn configure_child(
     };
     // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
     // functions may be called. It calls only `getrlimit`, `setrlimit`, `setgroups`, `setgid`
-    // and `setuid` (thin system call wrappers) and reads data resolved before the fork; it does
-    // not allocate, lock or touch the parent's threads. `io::Error::last_os_error` only reads
-    // `errno`.
+    // and `setuid`, which are thin system call wrappers. It reads data resolved before the
+    // fork and does not allocate or take locks. `io::Error::last_os_error` only reads `errno`.
     unsafe {
         command.pre_exec(child_setup);
     }

@@ -1,8 +1,8 @@
 //! The subprocess backend: runs each agent as a plain child process of the engine.
 //!
 //! **This backend is not a sandbox.** The agent runs on the engine's machine with the engine's
-//! file system, network and kernel. It sees every file its user may read, it can open network
-//! connections, and it can escape its process group with `setsid`. Use it for development, for
+//! file system, network and kernel. It can read every file its user may read, open network
+//! connections, and leave its process group with `setsid`. Use it for development, for
 //! machines without a container runtime, and for integrations you trust; run untrusted
 //! integrations on the Docker or Podman backend.
 //!
@@ -93,8 +93,8 @@ pub struct SubprocessConfig {
     /// Folder in which each job's private `HOME` folder is created and removed again. Default:
     /// the system's temporary folder (`TMPDIR`, else `/tmp`).
     pub home_parent: Option<PathBuf>,
-    /// How long, in milliseconds, to keep reading the agent's stdout and stderr after it exited
-    /// and its process group was killed. Only a process that left the group can keep the pipes
+    /// Time in milliseconds to keep reading the agent's stdout and stderr after it exited and
+    /// its process group was killed. Only a process that left the group can keep the pipes
     /// open that long. Default: [`DEFAULT_DRAIN_AFTER_EXIT_MS`].
     pub drain_after_exit_ms: u64,
 }

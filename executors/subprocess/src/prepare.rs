@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use crate::dockerfile::{self, CommandForm, CopyInstruction, FinalStage, IMAGE_PATH};
 use crate::MINIMAL_PATH;
 
-/// Why a package's command could not be resolved. Each message says what was found and how to
-/// fix it; the backend reports it as [`ExecutorError::InvalidPackage`].
+/// Reason a package's command could not be resolved. Each message names what was found and how
+/// to fix it, and the backend reports it as [`ExecutorError::InvalidPackage`].
 ///
 /// [`ExecutorError::InvalidPackage`]: agentrun_executor::ExecutorError::InvalidPackage
 #[derive(Debug, thiserror::Error)]
@@ -75,9 +75,9 @@ pub(crate) enum PrepareError {
     ProgramNotFound {
         /// The program as written.
         program: String,
-        /// Where it came from, such as `ENTRYPOINT on line 4`.
+        /// Source of the program, such as `ENTRYPOINT on line 4`.
         origin: String,
-        /// Where it was looked for and what to do.
+        /// Places searched, and what to do.
         detail: String,
     },
 
@@ -90,22 +90,22 @@ pub(crate) enum PrepareError {
     NotExecutable {
         /// Resolved path.
         path: PathBuf,
-        /// Where the program came from.
+        /// Source of the program.
         origin: String,
     },
 
     /// A path resolves outside the package folder, for example through a symbolic link.
     #[error(
-        "`{written}` from {origin} resolves to `{}`, outside the package folder: package the \
-         file itself instead of a link to it",
+        "`{written}` from {origin} resolves to `{}`, outside the package folder: refer to a \
+         file inside the package, not to a link or a `..` path that leads out of it",
         resolved.display()
     )]
     OutsidePackage {
         /// The path as written.
         written: String,
-        /// Where the path came from.
+        /// Source of the path.
         origin: String,
-        /// Where it resolves to.
+        /// The canonical path it resolves to.
         resolved: PathBuf,
     },
 
@@ -146,7 +146,8 @@ fn resolve_manifest_command(root: &Path, command: &[String]) -> Result<Vec<Strin
     let origin = "`[run] command` in integration.toml";
 
     let path = if program.contains('/') {
-        let candidate = root.join(program);
+        // Joining the components drops `.` parts, so messages show a clean path.
+        let candidate: PathBuf = root.join(Path::new(program).components().collect::<PathBuf>());
         if !candidate.exists() {
             return Err(PrepareError::ProgramNotFound {
                 program: program.clone(),
@@ -330,7 +331,7 @@ fn exec_form_suggestion(instruction: &str, text: &str) -> String {
     format!("such as `{instruction} [{}]`", quoted.join(", "))
 }
 
-/// Where an image path leads.
+/// Result of looking up an image path.
 #[derive(Debug, PartialEq, Eq)]
 enum Lookup {
     /// To this package file or folder.
@@ -338,7 +339,7 @@ enum Lookup {
     /// To a destination that this copy fills from outside the package (another stage, a URL or
     /// an archive that `ADD` extracts).
     Foreign(String),
-    /// Nowhere the backend knows of.
+    /// No copy of the last stage fills the path.
     Missing,
 }
 
@@ -424,8 +425,8 @@ impl ImageLayout {
             return;
         }
         // `COPY agent /app` writes /app/agent when /app is already a folder in the image, and
-        // the file /app otherwise. Folders the backend knows of are WORKDIRs and earlier
-        // folder copies.
+        // the file /app otherwise. The folders this backend can detect are WORKDIRs and the
+        // destinations of earlier folder copies.
         let known_dir = copy.destination_is_workdir
             || self.mappings.iter().any(
                 |mapping| matches!(mapping, Mapping::Dir { image, .. } if *image == destination),

@@ -128,8 +128,8 @@ pub(crate) async fn run_job(
         }
     };
 
-    // Read what is still in the pipes. A process outside the group that holds them open
-    // cannot hold up the job for longer than the drain bound.
+    // Read what is still in the pipes. A process outside the group that keeps them open
+    // delays the job by at most the drain bound.
     let drained = tokio::time::timeout(executor.config.drain_after_exit(), async {
         while pipes.stdout_open || pipes.stderr_open {
             tokio::select! {
@@ -229,7 +229,8 @@ impl Pipes {
 }
 
 /// Writes the message and closes stdin. An agent that exits early or never reads makes the
-/// write fail with a broken pipe, which is its own business: the job goes on.
+/// write fail with a broken pipe. That is not a job error, because the outcome shows what the
+/// agent did.
 async fn write_message(mut stdin: ChildStdin, message: Vec<u8>) {
     match stdin.write_all(&message).await {
         Ok(()) => {}

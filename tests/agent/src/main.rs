@@ -36,8 +36,8 @@
 //! | `env` | replies with `message` = its whole environment as a JSON object (non-UTF-8 bytes replaced) |
 //! | `unicode` | the `echo` reply, with `url_label` set to [`UNICODE_LABEL`] |
 //!
-//! Exit status is 0 after a reply, 3 for `crash`, and 2 when stdin holds no JSON message or the
-//! case is unknown (with the reason on stderr).
+//! Exit status is 0 after a reply, 3 for `crash`, and 2 when stdin contains no JSON message or
+//! the case is unknown (with the reason on stderr).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -91,8 +91,8 @@ fn run() -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    // Read the message: the whole of stdin for read-eof, otherwise exactly one JSON value, so
-    // an agent that stops reading there is what the engine sees.
+    // Read the message: the whole of stdin for read-eof, otherwise exactly one JSON value, as
+    // an agent that stops reading after the message would.
     let message = if env_case.as_deref() == Some("read-eof") {
         let mut text = Vec::new();
         io::stdin()

@@ -57,7 +57,7 @@ fn reply(output: &Output) -> Value {
     })
 }
 
-/// The Docker daemon to use, when one answers.
+/// Returns the Docker daemon address to use, when a daemon responds there.
 fn docker_host() -> Option<String> {
     let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| CI_DOCKER_HOST.to_owned());
     let reachable = Command::new("docker")
@@ -144,8 +144,8 @@ fn testagent_echoes_as_subprocess() {
     assert_eq!(reply["return_code"], 0);
 }
 
-/// The agent runs in an image that holds nothing but the binary (`FROM scratch`), and in the
-/// busybox package that the backends share.
+/// The agent runs in an image that contains nothing but the binary (`FROM scratch`), and in
+/// the busybox package that the backends share.
 #[test]
 fn testagent_runs_in_docker_images() {
     let Some(host) = docker_host() else {
