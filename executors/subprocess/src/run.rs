@@ -34,6 +34,20 @@ pub(crate) async fn run_job(
     check_env(&job.env)?;
     let user = executor.agent_user(&job)?;
 
+    // A job cancelled before it started never starts the agent, so it has no side effects.
+    if job.cancel.is_cancelled() {
+        return Ok(JobOutcome {
+            end: JobEnd::Cancelled,
+            exit: ExitStatus::Unknown,
+            stdout: Vec::new(),
+            stderr_tail: Vec::new(),
+            stderr_total_bytes: 0,
+            started_at: SystemTime::now(),
+            duration: begun.elapsed(),
+            container_id: None,
+        });
+    }
+
     // A private HOME, owned by the agent's user, removed when the job ends.
     let home = executor.create_home()?;
     if let Some(user) = &user {

@@ -153,6 +153,20 @@ async fn assert_gone(pid: u32) {
     assert!(waited.is_ok(), "process {pid} is still alive");
 }
 
+/// Script that writes its own pid and that of a background child to `$PID_FILE`, then waits.
+const PID_FILE_SCRIPT: &str = "echo $$ > \"$PID_FILE.tmp\"\nsleep 300 &\necho $! >> \"$PID_FILE.tmp\"\nmv \"$PID_FILE.tmp\" \"$PID_FILE\"\nwait";
+
+/// Waits until the agent of [`PID_FILE_SCRIPT`] has written both pids, and returns them.
+async fn wait_for_pids(pid_file: &Path) -> Vec<u32> {
+    loop {
+        let found = pids(&fs::read_to_string(pid_file).unwrap_or_default());
+        if found.len() == 2 {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Reads pids (one per line) from text.
 fn pids(text: &str) -> Vec<u32> {
     text.lines()
@@ -520,55 +534,61 @@ async fn run_kills_forked_child_after_exit() {
 /// Cancellation kills the group and reports it.
 #[tokio::test]
 async fn run_cancellation_kills_group() {
-    let agent = Agent::script("sleep 300 &\necho $!\nsleep 300").await;
-    let job = work_job(22, None, "x");
+    let agent = Agent::script(PID_FILE_SCRIPT).await;
+    let pid_dir = tempfile::tempdir().expect("temporary folder");
+    let pid_file = pid_dir.path().join("pids");
+    let mut job = work_job(22, None, "x");
+    job.env = vec![("PID_FILE".to_owned(), pid_file.display().to_string())];
+
+    // Cancel once the agent and its background child are both running.
     let cancel = job.cancel.clone();
+    let watched_file = pid_file.clone();
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = wait_for_pids(&watched_file).await;
         cancel.cancel();
+        started
     });
 
     let outcome = agent.run(job).await;
-    canceller.await.expect("the canceller task finished");
+    let started = tokio::time::timeout(TEST_TIMEOUT, canceller)
+        .await
+        .expect("the canceller finished in time")
+        .expect("the canceller did not panic");
 
     assert_eq!(outcome.end, JobEnd::Cancelled);
     assert_eq!(outcome.exit, ExitStatus::Signal(9));
-    for pid in pids(&String::from_utf8_lossy(&outcome.stdout)) {
+    for pid in started {
         assert_gone(pid).await;
     }
 }
 
-/// A job cancelled before it starts ends as cancelled.
+/// A job cancelled before it starts ends as cancelled without starting the agent.
 #[tokio::test]
 async fn run_cancelled_before_start() {
-    let agent = Agent::script("sleep 300").await;
-    let job = work_job(23, None, "x");
+    let marker_dir = tempfile::tempdir().expect("temporary folder");
+    let marker = marker_dir.path().join("started");
+    let agent = Agent::script("touch \"$MARKER\"; sleep 300").await;
+    let mut job = work_job(23, None, "x");
+    job.env = vec![("MARKER".to_owned(), marker.display().to_string())];
     job.cancel.cancel();
 
     let outcome = agent.run(job).await;
 
     assert_eq!(outcome.end, JobEnd::Cancelled);
+    assert_eq!(outcome.exit, ExitStatus::Unknown);
+    assert!(!marker.exists(), "the agent was started");
 }
 
 /// Dropping the job future kills the agent and its children.
 #[tokio::test]
 async fn run_dropped_future_kills_group() {
-    let agent =
-        Agent::script("echo $$ > \"$PID_FILE\"\nsleep 300 &\necho $! >> \"$PID_FILE\"\nwait").await;
+    let agent = Agent::script(PID_FILE_SCRIPT).await;
     let pid_dir = tempfile::tempdir().expect("temporary folder");
     let pid_file = pid_dir.path().join("pids");
     let mut job = work_job(24, None, "x");
     job.env = vec![("PID_FILE".to_owned(), pid_file.display().to_string())];
 
-    let both_started = async {
-        loop {
-            let text = fs::read_to_string(&pid_file).unwrap_or_default();
-            if pids(&text).len() == 2 {
-                return pids(&text);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let both_started = wait_for_pids(&pid_file);
     let started = tokio::time::timeout(TEST_TIMEOUT, async {
         tokio::select! {
             outcome = agent.executor.run(&agent.prepared, job) => {
