@@ -385,10 +385,15 @@ async fn run_stdin_is_message_then_eof() {
 async fn run_read_eof_agent_finishes() {
     let agent = Agent::testagent().await;
 
-    let outcome = agent.run(env_case_job(11, "read-eof", "to the end")).await;
+    let job = env_case_job(11, "read-eof", "to the end");
+    let message_bytes = job.stdin.len();
+
+    let outcome = agent.run(job).await;
 
     assert_eq!(outcome.end, JobEnd::Exited);
-    assert_eq!(reply(&outcome)["payload"]["message"], "to the end");
+    let reply = reply(&outcome);
+    assert_eq!(reply["payload"]["message"], "to the end");
+    assert_eq!(reply["payload"]["stdin_bytes"], message_bytes);
 }
 
 /// An agent that never reads stdin still gets to reply, even when the message is far larger

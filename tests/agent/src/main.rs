@@ -26,7 +26,7 @@
 //! | `wrong-job-id` | the `echo` reply with `job_id` one higher than the message's |
 //! | `fail` | replies with `return_code` 1 and a message saying that it failed |
 //! | `crash` | no reply; writes `testagent: crashing on purpose` to stderr and exits 3 |
-//! | `read-eof` | reads stdin to end of file, then gives the `echo` reply |
+//! | `read-eof` | reads stdin to end of file, then gives the `echo` reply with payload field `stdin_bytes`, the number of bytes read |
 //! | `no-stdin` | never reads stdin; replies with `message` `no-stdin`, `job_id` from `TESTAGENT_JOB_ID` (omitted when unset) |
 //! | `hang` | reads the message, then never exits |
 //! | `fork` | starts a child of itself that keeps stdout and stderr open and sleeps 300 s, then replies with `message` `forked child PID` and payload field `child_pid` and exits |
@@ -93,26 +93,35 @@ fn run() -> Result<ExitCode, String> {
 
     // Read the message: the whole of stdin for read-eof, otherwise exactly one JSON value, as
     // an agent that stops reading after the message would.
-    let message = if env_case.as_deref() == Some("read-eof") {
+    let (message, stdin_bytes) = if env_case.as_deref() == Some("read-eof") {
         let mut text = Vec::new();
         io::stdin()
             .read_to_end(&mut text)
             .map_err(|error| format!("reading stdin failed: {error}"))?;
-        serde_json::from_slice::<Value>(&text)
-            .map_err(|error| format!("stdin is not one JSON message: {error}"))?
+        let message = first_json_value(serde_json::Deserializer::from_slice(&text).into_iter())?;
+        (message, text.len())
     } else {
-        serde_json::Deserializer::from_reader(io::stdin().lock())
-            .into_iter::<Value>()
-            .next()
-            .ok_or("stdin ended before a JSON message")?
-            .map_err(|error| format!("stdin is not a JSON message: {error}"))?
+        let mut stream = serde_json::Deserializer::from_reader(io::stdin().lock()).into_iter();
+        let message = first_json_value(&mut stream)?;
+        (message, stream.byte_offset())
     };
-    let message = Message::new(message);
+    let mut message = Message::new(message);
+    message.stdin_bytes = stdin_bytes;
     let case = env_case
         .or_else(|| message.field("case"))
         .unwrap_or_else(|| "echo".to_owned());
 
     handle(&case, &message)
+}
+
+/// Returns the first JSON value of a stream, or why there is none.
+fn first_json_value(
+    mut stream: impl Iterator<Item = serde_json::Result<Value>>,
+) -> Result<Value, String> {
+    stream
+        .next()
+        .ok_or("stdin ended before a JSON message")?
+        .map_err(|error| format!("stdin is not a JSON message: {error}"))
 }
 
 /// Carries out one case for a message that has been read.
@@ -168,12 +177,17 @@ fn handle(case: &str, message: &Message) -> Result<ExitCode, String> {
             return Ok(ExitCode::from(3));
         }
         "read-eof" => {
-            // Reached when the case came from the payload: read the rest of stdin first.
+            // Read whatever follows the message; nothing when TESTAGENT_CASE chose the case,
+            // because stdin was then read to the end already.
             let mut rest = Vec::new();
             io::stdin()
                 .read_to_end(&mut rest)
                 .map_err(|error| format!("reading stdin failed: {error}"))?;
-            emit(&message.reply(&text).to_string());
+            let mut reply = message.reply(&text);
+            if message.is_work() {
+                reply["payload"]["stdin_bytes"] = json!(message.stdin_bytes + rest.len());
+            }
+            emit(&reply.to_string());
         }
         "hang" => loop {
             thread::sleep(Duration::from_secs(3600));
@@ -235,6 +249,8 @@ struct Message {
     job_id: Value,
     agent_id: Value,
     payload: Value,
+    /// Bytes read from stdin so far.
+    stdin_bytes: usize,
 }
 
 impl Message {
@@ -244,6 +260,7 @@ impl Message {
             job_id: value["job_id"].clone(),
             agent_id: value["agentID"].clone(),
             payload: value["payload"].clone(),
+            stdin_bytes: 0,
         }
     }
 
