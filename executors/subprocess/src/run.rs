@@ -3,7 +3,7 @@
 use std::io;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use agentrun_executor::{ExecutorError, ExitStatus, JobEnd, JobOutcome, JobSpec, OutputCapture};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +14,9 @@ use crate::isolation;
 use crate::process::{ExitWatch, ProcessGroup};
 use crate::{SubprocessExecutor, AGENT_LANG, EXECUTOR_NAME, MINIMAL_PATH};
 
+/// Longest deadline a job gets; longer timeouts are cut to it, so that adding the timeout to
+/// the start time cannot overflow.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Size of each read from the agent's stdout and stderr.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -108,7 +111,7 @@ pub(crate) async fn run_job(
 
     // Read both pipes until the agent exits, the deadline passes, the job is cancelled or
     // stdout passes its cap.
-    let deadline = tokio::time::sleep_until((begun + job.timeout).into());
+    let deadline = tokio::time::sleep_until((begun + job.timeout.min(MAX_TIMEOUT)).into());
     tokio::pin!(deadline);
     let mut capture = OutputCapture::new(job.max_stdout_bytes, job.stderr_tail_bytes);
     let mut pipes = Pipes::default();

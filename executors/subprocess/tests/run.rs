@@ -507,6 +507,19 @@ async fn run_timeout_kills_grandchild() {
     assert_gone(grandchildren[0]).await;
 }
 
+/// A timeout too large to add to a point in time still runs the job.
+#[tokio::test]
+async fn run_huge_timeout_is_accepted() {
+    let agent = Agent::script("echo ok").await;
+    let mut job = work_job(32, None, "x");
+    job.timeout = Duration::MAX;
+
+    let outcome = agent.run(job).await;
+
+    assert_eq!(outcome.end, JobEnd::Exited);
+    assert_eq!(outcome.stdout, b"ok\n");
+}
+
 /// An agent that hangs is stopped by the deadline.
 #[tokio::test]
 async fn run_hanging_agent_times_out() {
