@@ -431,9 +431,25 @@ fn shell_words_with_quotes(text: &str) -> Vec<String> {
     words
 }
 
+/// Nesting depth up to which variables in `${name:-default}` defaults are substituted. Deeper
+/// text stays as written, so a hostile Dockerfile cannot exhaust the stack.
+const MAX_EXPANSION_DEPTH: usize = 4;
+
 /// Substitutes `ENV`/`ARG` variables and removes quotes, as the builder does for `WORKDIR`,
 /// `COPY`, `ADD`, `ENV` and `ARG` arguments. Unset variables become empty text.
 fn expand(text: &str, env: &HashMap<String, String>, escape: char) -> String {
+    expand_at_depth(text, env, escape, 0)
+}
+
+fn expand_at_depth(
+    text: &str,
+    env: &HashMap<String, String>,
+    escape: char,
+    depth: usize,
+) -> String {
+    if depth > MAX_EXPANSION_DEPTH {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     let mut quote: Option<char> = None;
@@ -448,7 +464,9 @@ fn expand(text: &str, env: &HashMap<String, String>, escape: char) -> String {
         match (c, quote) {
             ('\'', None) | ('"', None) => quote = Some(c),
             ('\'', Some('\'')) | ('"', Some('"')) => quote = None,
-            ('$', quote) if quote != Some('\'') => out.push_str(&expand_variable(&mut chars, env)),
+            ('$', quote) if quote != Some('\'') => {
+                out.push_str(&expand_variable(&mut chars, env, depth));
+            }
             _ => out.push(c),
         }
     }
@@ -458,6 +476,7 @@ fn expand(text: &str, env: &HashMap<String, String>, escape: char) -> String {
 fn expand_variable(
     chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
     env: &HashMap<String, String>,
+    depth: usize,
 ) -> String {
     let lookup = |name: &str| env.get(name).cloned().unwrap_or_default();
 
@@ -473,7 +492,7 @@ fn expand_variable(
         if let Some((name, default)) = inner.split_once(":-") {
             let value = lookup(name);
             return if value.is_empty() {
-                expand(default, env, '\\')
+                expand_at_depth(default, env, '\\', depth + 1)
             } else {
                 value
             };
@@ -482,7 +501,7 @@ fn expand_variable(
             return if lookup(name).is_empty() {
                 String::new()
             } else {
-                expand(alternative, env, '\\')
+                expand_at_depth(alternative, env, '\\', depth + 1)
             };
         }
         return lookup(&inner);
@@ -648,6 +667,17 @@ mod tests {
         assert_eq!(stage.copies[0].sources, ["agent.py"]);
         assert_eq!(stage.copies[0].destination, "/opt/app/bin");
         assert_eq!(stage.copies[1].sources, ["$literal"]);
+    }
+
+    #[test]
+    fn parse_survives_deeply_nested_defaults() {
+        let nested = format!("{}x", "${A:-".repeat(200_000));
+        let stage = stage(&format!("FROM scratch\nWORKDIR /{nested}\n"));
+        assert!(
+            stage.workdir.starts_with("/${A:-"),
+            "{}",
+            &stage.workdir[..20]
+        );
     }
 
     #[test]
