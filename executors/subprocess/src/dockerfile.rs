@@ -107,6 +107,8 @@ struct Stage {
 /// [`DockerfileError`] when the file has no `FROM` or an instruction the backend needs is
 /// malformed.
 pub(crate) fn parse(text: &str) -> Result<FinalStage, DockerfileError> {
+    // Editors on Windows may start the file with a byte order mark, which the builder skips.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let escape = escape_directive(text);
     let mut global_args: HashMap<String, String> = HashMap::new();
     let mut stages: Vec<Stage> = Vec::new();
@@ -678,6 +680,14 @@ mod tests {
             "{}",
             &stage.workdir[..20]
         );
+    }
+
+    #[test]
+    fn parse_skips_byte_order_mark_and_crlf() {
+        let stage = stage("\u{feff}FROM scratch\r\nCOPY a \\\r\n  /app/\r\nCMD [\"/app/a\"]\r\n");
+        assert_eq!(stage.copies[0].sources, ["a"]);
+        assert_eq!(stage.copies[0].destination, "/app");
+        assert_eq!(stage.cmd, Some((4, exec(&["/app/a"]))));
     }
 
     #[test]

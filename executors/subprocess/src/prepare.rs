@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 use crate::dockerfile::{self, CommandForm, CopyInstruction, FinalStage, IMAGE_PATH};
 use crate::MINIMAL_PATH;
 
+/// Largest Dockerfile the backend reads. Real Dockerfiles are a few KiB; the cap keeps a
+/// hostile package from making the engine load a huge file into memory.
+pub(crate) const MAX_DOCKERFILE_BYTES: u64 = 1024 * 1024;
+
 /// Reason a package's command could not be resolved. Each message names what was found and how
 /// to fix it, and the backend reports it as [`ExecutorError::InvalidPackage`].
 ///
@@ -27,6 +31,16 @@ pub(crate) enum PrepareError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// The Dockerfile is larger than [`MAX_DOCKERFILE_BYTES`].
+    #[error(
+        "the Dockerfile has {size} bytes, more than the {MAX_DOCKERFILE_BYTES} this executor \
+         reads: shorten it"
+    )]
+    DockerfileTooLarge {
+        /// Size of the Dockerfile in bytes.
+        size: u64,
     },
 
     /// The Dockerfile is malformed.
@@ -132,6 +146,15 @@ pub(crate) fn resolve_command(
         return resolve_manifest_command(root, command);
     }
     let path = root.join("Dockerfile");
+    let size = fs::metadata(&path)
+        .map_err(|source| PrepareError::Read {
+            path: path.clone(),
+            source,
+        })?
+        .len();
+    if size > MAX_DOCKERFILE_BYTES {
+        return Err(PrepareError::DockerfileTooLarge { size });
+    }
     let text = fs::read_to_string(&path).map_err(|source| PrepareError::Read { path, source })?;
     resolve_dockerfile_command(root, &text)
 }

@@ -479,6 +479,22 @@ async fn prepare_rejects_dockerfile_without_from() {
     );
 }
 
+/// A Dockerfile larger than 1 MiB is not read.
+#[tokio::test]
+async fn prepare_rejects_huge_dockerfile() {
+    let mut text = "FROM scratch\n".to_owned();
+    text.push_str(&"# padding\n".repeat(110_000));
+    let package = Package::new(&text);
+    let reason = package.invalid(None).await;
+    assert_eq!(
+        reason,
+        format!(
+            "the Dockerfile has {} bytes, more than the 1048576 this executor reads: shorten it",
+            text.len()
+        )
+    );
+}
+
 /// An empty `[run] command`.
 #[tokio::test]
 async fn prepare_rejects_empty_manifest_command() {
