@@ -152,13 +152,20 @@ impl SubprocessExecutor {
             .map_err(|error| run::runtime_error("resolve agent user", error.to_string()))
     }
 
-    /// Creates a job's private `HOME` folder.
+    /// Creates a job's private `HOME` folder, at an absolute path because the agent runs in
+    /// another working directory.
     fn create_home(&self) -> Result<tempfile::TempDir, ExecutorError> {
         let parent = self
             .config
             .home_parent
             .clone()
             .unwrap_or_else(std::env::temp_dir);
+        let parent = std::path::absolute(&parent).map_err(|source| {
+            ExecutorError::io(
+                format!("resolve the HOME parent folder {}", parent.display()),
+                source,
+            )
+        })?;
         tempfile::Builder::new()
             .prefix("agentrun-home-")
             .tempdir_in(&parent)
@@ -245,5 +252,39 @@ impl Executor for SubprocessExecutor {
         run::run_job(self, argv, working_dir, job)
             .instrument(span)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_from_empty_object() {
+        let config: SubprocessConfig = serde_json::from_str("{}").expect("empty config is valid");
+        assert_eq!(config, SubprocessConfig::default());
+        assert_eq!(config.drain_after_exit_ms, DEFAULT_DRAIN_AFTER_EXIT_MS);
+    }
+
+    #[test]
+    fn config_rejects_unknown_field() {
+        let error = serde_json::from_str::<SubprocessConfig>(r#"{"drain_ms": 5}"#)
+            .expect_err("unknown fields are rejected");
+        assert!(
+            error.to_string().contains("unknown field `drain_ms`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn home_is_absolute_for_relative_parent() {
+        let executor = SubprocessExecutor::new(SubprocessConfig {
+            home_parent: Some(PathBuf::from(".")),
+            ..SubprocessConfig::default()
+        });
+        let home = executor
+            .create_home()
+            .expect("the current folder is writable in tests");
+        assert!(home.path().is_absolute(), "{}", home.path().display());
     }
 }
