@@ -120,7 +120,7 @@ pub(crate) fn parse(text: &str) -> Result<FinalStage, DockerfileError> {
             continue;
         }
         let Some(stage) = stages.last_mut() else {
-            // Only ARG may come before the first FROM; its values are defaults for the stages.
+            // Only ARG may come before the first FROM, and its values are defaults for the stages.
             if keyword == "ARG" {
                 for (name, value) in parse_arg(&arguments, &global_args, escape) {
                     global_args.insert(name, value.unwrap_or_default());

@@ -18,7 +18,7 @@
 //! `agent.py` with this machine's `python3`. An absolute program that no copy provides runs from
 //! this machine when it exists there (such as `/bin/sh`). Shell-form commands, a missing
 //! entrypoint and programs that cannot be found are
-//! [`ExecutorError::InvalidPackage`] with a message that says how to fix the package.
+//! [`ExecutorError::InvalidPackage`] with a message that explains how to fix the package.
 //!
 //! # Running a job
 //!

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::dockerfile::{self, CommandForm, CopyInstruction, FinalStage, IMAGE_PATH};
 use crate::MINIMAL_PATH;
 
-/// Largest Dockerfile the backend reads. Real Dockerfiles are a few KiB; the cap keeps a
+/// Maximum Dockerfile size in bytes. Typical Dockerfiles are a few KiB, and the cap keeps a
 /// hostile package from making the engine load a huge file into memory.
 pub(crate) const MAX_DOCKERFILE_BYTES: u64 = 1024 * 1024;
 
@@ -414,7 +414,7 @@ impl ImageLayout {
                 continue;
             };
             if copy.instruction == "ADD" && is_archive(&relative) {
-                // NOTE: ADD unpacks local archives into the destination; their contents are
+                // NOTE: ADD unpacks local archives into the destination. Their contents are
                 // not in the package folder, so nothing under the destination maps.
                 self.foreign(copy, describe(&format!("of archive `{source}`")));
                 continue;

@@ -14,8 +14,8 @@ use crate::isolation;
 use crate::process::{ExitWatch, ProcessGroup};
 use crate::{SubprocessExecutor, AGENT_LANG, EXECUTOR_NAME, MINIMAL_PATH};
 
-/// Longest deadline a job gets; longer timeouts are cut to it, so that adding the timeout to
-/// the start time cannot overflow.
+/// Maximum job timeout. Longer timeouts are cut to it, so adding the timeout to the start time
+/// cannot overflow.
 const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Size of each read from the agent's stdout and stderr.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
