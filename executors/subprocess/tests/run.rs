@@ -142,7 +142,7 @@ fn is_alive(pid: u32) -> bool {
     }
 }
 
-/// Waits until `pid` is gone; fails the test when it outlives [`GONE_TIMEOUT`].
+/// Waits until `pid` is gone, and fails the test when it outlives [`GONE_TIMEOUT`].
 async fn assert_gone(pid: u32) {
     let waited = tokio::time::timeout(GONE_TIMEOUT, async {
         while is_alive(pid) {
@@ -443,7 +443,7 @@ async fn run_stdout_cap_kills_agent() {
     assert_eq!(outcome.stdout.len(), 64 * 1024);
 }
 
-/// A flood of stderr does not block the agent; the tail and the total are kept.
+/// A flood of stderr does not block the agent, and the tail and the total are kept.
 #[tokio::test]
 async fn run_stderr_tail_of_flood() {
     let agent = Agent::testagent().await;

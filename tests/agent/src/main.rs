@@ -177,8 +177,8 @@ fn handle(case: &str, message: &Message) -> Result<ExitCode, String> {
             return Ok(ExitCode::from(3));
         }
         "read-eof" => {
-            // Read whatever follows the message; nothing when TESTAGENT_CASE chose the case,
-            // because stdin was then read to the end already.
+            // Read whatever follows the message. When TESTAGENT_CASE chose the case, stdin was
+            // read to the end already and nothing follows.
             let mut rest = Vec::new();
             io::stdin()
                 .read_to_end(&mut rest)
