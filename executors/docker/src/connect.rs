@@ -12,12 +12,12 @@ use tracing::debug;
 
 use crate::{DockerConfig, DockerExecutor, EXECUTOR};
 
-/// Limit on version negotiation and ping when connecting. A reachable engine answers both in
-/// milliseconds; the limit keeps an address that accepts connections but never answers from
-/// hanging start-up.
+/// Limit on version negotiation and ping when connecting. A reachable engine responds to both in
+/// milliseconds, and the limit keeps an address that accepts connections but never responds
+/// from hanging start-up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What an operator can do about an engine that does not answer.
+/// What an operator can do about an engine that does not respond.
 const UNAVAILABLE_HINT: &str =
     "start dockerd, or set DOCKER_HOST (or `host` in the Docker configuration) to a running engine";
 
@@ -30,7 +30,7 @@ impl DockerExecutor {
     /// # Errors
     ///
     /// [`ExecutorError::Unavailable`] naming the address tried when the address is malformed,
-    /// the socket does not exist, or the engine does not answer within 10 seconds.
+    /// the socket does not exist, or the engine does not respond within 10 seconds.
     pub async fn connect(config: DockerConfig) -> Result<Self, ExecutorError> {
         let host = config.resolved_host();
         let started = Instant::now();

@@ -3,7 +3,7 @@
 //! # Design
 //!
 //! The backend talks to `dockerd` over its HTTP API with bollard, never through the `docker`
-//! CLI, so each step of a job is one request whose errors can be told apart. A package becomes
+//! CLI, so each step of a job is one request whose errors can be distinguished. A package becomes
 //! an image tagged from its digest ([`agentrun_executor::image_tag`]), built through the
 //! legacy builder of the build endpoint; an image that already exists is reused without reading
 //! the package again.
@@ -112,7 +112,7 @@ impl DockerConfig {
 
 /// Runs agents in Docker containers. Create it with [`DockerExecutor::connect`].
 ///
-/// The executor is cheap to share between concurrent jobs: the client holds no connection
+/// The executor is cheap to share between concurrent jobs: the client keeps no connection open
 /// between requests, and all per-job state lives in the future that [`Executor::run`] returns.
 #[derive(Debug)]
 pub struct DockerExecutor {

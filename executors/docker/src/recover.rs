@@ -22,8 +22,8 @@ use crate::{DockerExecutor, EXECUTOR};
 ///
 /// A running container is waited for, at most `timeout`, and killed after that. The output
 /// comes from the container's logs, which hold everything the agent wrote because the container
-/// was attached from before its start. A container that was created but never started holds no
-/// work of the agent: it is removed and the job reported as not recoverable (`Ok(None)`).
+/// was attached from before its start. A container that was created but never started ran no
+/// agent, so it is removed and the job reported as not recoverable (`Ok(None)`).
 pub(crate) async fn recover(
     executor: &DockerExecutor,
     job_id: u64,

@@ -100,10 +100,17 @@ async fn drive(
         cancel: job.cancel.clone(),
     };
     let mut capture = OutputCapture::new(job.max_stdout_bytes, job.stderr_tail_bytes);
+    let mut started = false;
 
     // Attach, start, write and read until the output ends, or until the deadline or a cancel.
     let collected = stop
-        .run(attach_start_collect(executor, id, &job.stdin, &mut capture))
+        .run(attach_start_collect(
+            executor,
+            id,
+            &job.stdin,
+            &mut capture,
+            &mut started,
+        ))
         .await;
     let end = match collected {
         Ok(Ok(Collected::StreamEnded)) => JobEnd::Exited,
@@ -112,7 +119,8 @@ async fn drive(
         Err(stopped) => stopped.end(),
     };
 
-    // Wait for the exit code. A job that was stopped is killed first.
+    // Wait for the exit code. A job that was stopped is killed first. A container that was
+    // never started reports exit code 0 to a wait, which would read as success.
     let (end, exit) = if end == JobEnd::Exited {
         match stop
             .run(wait_exit(&executor.docker, &executor.host, id))
@@ -121,13 +129,17 @@ async fn drive(
             Ok(exit) => (end, exit?),
             Err(stopped) => (stopped.end(), kill_and_wait(executor, id).await?),
         }
-    } else {
+    } else if started {
         (end, kill_and_wait(executor, id).await?)
+    } else {
+        // NOTE: a start request still in flight when the job stopped may have started the
+        // agent; the forced removal that follows kills it.
+        (end, ExitStatus::Unknown)
     };
     Ok((end, exit, capture))
 }
 
-/// How [`attach_start_collect`] ended.
+/// Reason [`attach_start_collect`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Collected {
     /// The container closed its output: it has exited or is about to.
@@ -136,15 +148,18 @@ pub(crate) enum Collected {
     StdoutLimit,
 }
 
-/// Attaches to a created container, starts it, writes `stdin` and collects its output.
+/// Attaches to a created container, starts it, writes `stdin` and collects its output. Sets
+/// `started` once the engine has confirmed the start.
 async fn attach_start_collect(
     executor: &DockerExecutor,
     id: &str,
     stdin: &[u8],
     capture: &mut OutputCapture,
+    started: &mut bool,
 ) -> Result<Collected, ExecutorError> {
     let AttachContainerResults { output, input } = attach(executor, id).await?;
     start(executor, id).await?;
+    *started = true;
 
     // The writer runs beside the reader: an agent that exits without reading all of a large
     // message would otherwise block the write, and with it the job. Dropping the handle when
@@ -177,8 +192,8 @@ pub(crate) async fn create(
 
 /// Attaches to stdin, stdout and stderr of a container that has not started yet.
 ///
-/// Attaching first is what makes all output visible: output written before an attach is not
-/// replayed by a stream-only attach, and an attach to an exited container never ends.
+/// Attaching first is what makes all output visible, because a stream-only attach does not
+/// replay output written before it.
 pub(crate) async fn attach(
     executor: &DockerExecutor,
     id: &str,
@@ -204,7 +219,8 @@ pub(crate) async fn attach(
     Ok(attached)
 }
 
-/// Starts a created container. This is where the runtime (runc) runs, the longest step of a job.
+/// Starts a created container. This is where the OCI runtime (runc) creates the container's
+/// process, usually the longest step of a job.
 pub(crate) async fn start(executor: &DockerExecutor, id: &str) -> Result<(), ExecutorError> {
     let started = Instant::now();
     executor
@@ -419,7 +435,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Why a job stopped before its agent exited on its own.
+/// Reason a job stopped before its agent exited on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stopped {
     TimedOut,
