@@ -25,7 +25,7 @@ pub(crate) async fn prepare(
     package: &PackageSpec,
 ) -> Result<Prepared, ExecutorError> {
     let tag = image_tag(&package.integration, &package.agent_id, &package.digest);
-    let span = tracing::debug_span!(
+    let span = tracing::info_span!(
         "prepare",
         executor = EXECUTOR,
         agent_id = %package.agent_id,
@@ -182,7 +182,7 @@ async fn build(
             return Err(log.failure(
                 tag,
                 format!(
-                    "the build took longer than {} s; raise `build_timeout_secs` in the Docker configuration",
+                    "the build timed out after {} s: raise `build_timeout_secs` in the Docker configuration",
                     timeout.as_secs()
                 ),
             ));

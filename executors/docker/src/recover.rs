@@ -32,7 +32,7 @@ pub(crate) async fn recover(
     stderr_tail_bytes: usize,
 ) -> Result<Option<JobOutcome>, ExecutorError> {
     let started = Instant::now();
-    let span = tracing::debug_span!(
+    let span = tracing::info_span!(
         "recover",
         job_id,
         executor = EXECUTOR,

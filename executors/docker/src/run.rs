@@ -40,7 +40,7 @@ pub(crate) async fn run(
     prepared: &Prepared,
     job: JobSpec,
 ) -> Result<JobOutcome, ExecutorError> {
-    let span = tracing::debug_span!(
+    let span = tracing::info_span!(
         "job",
         job_id = job.job_id,
         agent_id = %prepared.agent_id,
@@ -269,13 +269,17 @@ pub(crate) async fn collect(
     mut output: impl Stream<Item = Result<LogOutput, BollardError>> + Unpin,
     capture: &mut OutputCapture,
 ) -> Result<Collected, ExecutorError> {
+    let started = Instant::now();
     while let Some(item) = output.next().await {
         match item.map_err(|error| executor.engine_error("read output", error))? {
             // Without a TTY the engine frames stdout and stderr apart; `Console` frames appear
             // only for TTY containers and are treated as stdout.
             LogOutput::StdOut { message } | LogOutput::Console { message } => {
                 if !capture.push_stdout(&message) {
-                    debug!("stdout passed its cap");
+                    debug!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "stdout passed its cap"
+                    );
                     return Ok(Collected::StdoutLimit);
                 }
             }
@@ -283,6 +287,10 @@ pub(crate) async fn collect(
             LogOutput::StdIn { .. } => {}
         }
     }
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "output ended"
+    );
     Ok(Collected::StreamEnded)
 }
 

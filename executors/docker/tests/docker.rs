@@ -540,6 +540,43 @@ async fn prepare_failing_run_names_step() {
     assert!(text.contains("at step `Step 3/"), "{text}");
 }
 
+/// A build that runs past `build_timeout_secs` fails with a message naming the setting.
+#[tokio::test]
+async fn prepare_build_timeout_fails() {
+    let Some(fixture) = Fixture::connect_with("build-timeout", |config| {
+        config.build_timeout_secs = 2;
+    })
+    .await
+    else {
+        return;
+    };
+    let package = fixture.package(
+        "agent",
+        &format!(
+            "FROM {}\nRUN echo slow-step && sleep 60\n",
+            common::BASE_IMAGE
+        ),
+        &[],
+    );
+
+    let error = within("prepare", fixture.executor.prepare(&package))
+        .await
+        .expect_err("the build must time out");
+
+    match &error {
+        ExecutorError::BuildFailed { step, message, .. } => {
+            let step = step.as_deref().expect("the log names the running step");
+            assert!(
+                step.ends_with(" : RUN echo slow-step && sleep 60"),
+                "{step}"
+            );
+            assert!(message.contains("timed out after 2 s"), "{message}");
+            assert!(message.contains("build_timeout_secs"), "{message}");
+        }
+        other => panic!("expected a build failure, got {other:?}"),
+    }
+}
+
 /// Creates and starts a container the way an earlier engine process would have, without
 /// attaching, so that only its logs keep its output.
 async fn start_orphan(fixture: &Fixture, image: &str, job_id: u64) -> String {

@@ -72,12 +72,21 @@ impl Fixture {
     /// Connects to the engine at `DOCKER_HOST` (or the default socket), with network `none`.
     /// Returns `None` when the test should skip; see [`skip_unless_required`].
     pub async fn connect(test: &str) -> Option<Self> {
+        Self::connect_with(test, |_| {}).await
+    }
+
+    /// Like [`Fixture::connect`], with `customize` applied to the configuration.
+    pub async fn connect_with(
+        test: &str,
+        customize: impl FnOnce(&mut DockerConfig),
+    ) -> Option<Self> {
         let instance = format!("test-{test}-{}", std::process::id());
-        let config = DockerConfig {
+        let mut config = DockerConfig {
             instance: instance.clone(),
             network: Some("none".to_owned()),
             ..DockerConfig::default()
         };
+        customize(&mut config);
         let executor = match within("connect", DockerExecutor::connect(config)).await {
             Ok(executor) => executor,
             Err(error) if error.is_unavailable() => {
