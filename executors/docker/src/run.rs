@@ -59,12 +59,12 @@ async fn run_in_span(
     let started_at = SystemTime::now();
 
     let body = container_body(&executor.config, prepared, &job)?;
-    let id = create(executor, body).await?;
-    Span::current().record("container_id", short_id(&id));
-
     // From here on the container exists: the guard removes it on every path, also when this
     // future is dropped before it completes.
-    let guard = RemovalGuard::new(executor, &id);
+    let guard = create(executor, body).await?;
+    let id = guard.id().to_owned();
+    Span::current().record("container_id", short_id(&id));
+
     let result = drive(executor, &id, &job).await;
     guard.remove().await;
 
@@ -168,26 +168,45 @@ async fn attach_start_collect(
     collect(executor, output, capture).await
 }
 
-/// Creates the job's container and returns its id.
+/// Creates the job's container and returns a guard that removes it.
+///
+/// The request runs in a task of its own. When the caller drops this future while the request
+/// is in flight, the engine may still create the container; the task then finishes anyway and
+/// drops the guard it would have returned, which removes the container.
 pub(crate) async fn create(
     executor: &DockerExecutor,
     body: ContainerCreateBody,
-) -> Result<String, ExecutorError> {
-    let started = Instant::now();
-    let created = executor
-        .docker
-        .create_container(None, body)
-        .await
-        .map_err(|error| executor.engine_error("create container", error))?;
-    for warning in &created.warnings {
-        warn!(warning = %warning, "engine warning on container create");
-    }
-    debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        container_id = short_id(&created.id),
-        "container created"
+) -> Result<RemovalGuard, ExecutorError> {
+    let docker = executor.docker.clone();
+    let host = executor.host.clone();
+    let task = tokio::spawn(
+        async move {
+            let started = Instant::now();
+            let created = docker
+                .create_container(None, body)
+                .await
+                .map_err(|error| engine_error(&host, "create container", error))?;
+            let guard = RemovalGuard {
+                docker: Some(docker),
+                id: created.id,
+            };
+            for warning in &created.warnings {
+                warn!(warning = %warning, "engine warning on container create");
+            }
+            debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                container_id = short_id(&guard.id),
+                "container created"
+            );
+            Ok(guard)
+        }
+        .in_current_span(),
     );
-    Ok(created.id)
+    task.await.map_err(|error| ExecutorError::Runtime {
+        executor: EXECUTOR,
+        operation: "create container",
+        message: format!("the create task failed: {error}"),
+    })?
 }
 
 /// Attaches to stdin, stdout and stderr of a container that has not started yet.
@@ -397,11 +416,18 @@ impl RemovalGuard {
         }
     }
 
-    /// Removes the container now and waits for it.
+    /// Returns the id of the guarded container.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Removes the container now and waits for it. The guard stays armed until the removal
+    /// request has finished, so dropping this future part-way still removes the container.
     pub(crate) async fn remove(mut self) {
-        if let Some(docker) = self.docker.take() {
-            remove(&docker, &self.id).await;
+        if let Some(docker) = &self.docker {
+            remove(docker, &self.id).await;
         }
+        self.docker = None;
     }
 }
 

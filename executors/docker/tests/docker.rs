@@ -266,6 +266,7 @@ async fn run_dropped_future_removes_container() {
     let package = fixture.script_package("agent", "sleep 300\n");
     let prepared = fixture.prepare(&package).await;
 
+    // Dropped as soon as the container is listed: the create response may not have arrived.
     {
         let run = fixture.executor.run(&prepared, job(110, DESCRIBE));
         let dropped = tokio::select! {
@@ -275,6 +276,20 @@ async fn run_dropped_future_removes_container() {
         assert!(dropped, "the agent sleeps, so the run cannot finish first");
     }
     fixture.wait_until_gone(110).await;
+
+    // Dropped after delays that fall into create, attach, start and the output read.
+    let delays_ms = [0, 2, 5, 10, 20, 40, 80, 160, 320, 640];
+    for (job_id, delay_ms) in (120..).zip(delays_ms) {
+        let run = fixture.executor.run(&prepared, job(job_id, DESCRIBE));
+        let finished = tokio::time::timeout(Duration::from_millis(delay_ms), run).await;
+        assert!(
+            finished.is_err(),
+            "the agent sleeps, so job {job_id} cannot finish"
+        );
+    }
+    for job_id in (120..).take(delays_ms.len()) {
+        fixture.wait_until_gone(job_id).await;
+    }
     fixture.cleanup().await;
 }
 
