@@ -59,8 +59,8 @@ async fn run_in_span(
     let started_at = SystemTime::now();
 
     let body = container_body(&executor.config, prepared, &job)?;
-    // From here on the container exists: the guard removes it on every path, also when this
-    // future is dropped before it completes.
+    // The guard removes the container on every path, also when this future is dropped before
+    // it completes.
     let guard = create(executor, body).await?;
     let id = guard.id().to_owned();
     Span::current().record("container_id", short_id(&id));
@@ -170,9 +170,9 @@ async fn attach_start_collect(
 
 /// Creates the job's container and returns a guard that removes it.
 ///
-/// The request runs in a task of its own. When the caller drops this future while the request
-/// is in flight, the engine may still create the container; the task then finishes anyway and
-/// drops the guard it would have returned, which removes the container.
+/// The request runs in a task of its own, because the engine may still create the container
+/// after the caller dropped this future mid-request. The task then finishes anyway, and the
+/// guard it returns to nobody is dropped, which removes the container.
 pub(crate) async fn create(
     executor: &DockerExecutor,
     body: ContainerCreateBody,

@@ -736,14 +736,14 @@ async fn sweep_keeps_only_listed_jobs() {
     };
     let package = fixture.script_package("agent", "sleep 300\n");
     let prepared = fixture.prepare(&package).await;
-    let kept = start_orphan(&fixture, Fixture::image(&prepared), 117).await;
-    let swept = start_orphan(&fixture, Fixture::image(&prepared), 118).await;
+    let kept_id = start_orphan(&fixture, Fixture::image(&prepared), 117).await;
+    let swept_id = start_orphan(&fixture, Fixture::image(&prepared), 118).await;
 
     let removed = within("sweep", fixture.executor.sweep(&[117]))
         .await
         .expect("sweep");
 
-    assert_eq!(removed, vec![swept]);
+    assert_eq!(removed, vec![swept_id]);
     fixture.assert_no_container(118).await;
     let left: Vec<_> = fixture
         .containers(None)
@@ -751,12 +751,12 @@ async fn sweep_keeps_only_listed_jobs() {
         .into_iter()
         .filter_map(|container| container.id)
         .collect();
-    assert_eq!(left, vec![kept.clone()]);
+    assert_eq!(left, vec![kept_id.clone()]);
 
     within(
         "remove kept container",
         fixture.docker.remove_container(
-            &kept,
+            &kept_id,
             Some(RemoveContainerOptions {
                 force: true,
                 ..Default::default()

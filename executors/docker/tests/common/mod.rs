@@ -31,10 +31,10 @@ pub const REQUIRE_RUNTIMES: &str = "AGENTRUN_REQUIRE_RUNTIMES";
 pub const BASE_IMAGE: &str = "agentrun-busybox:latest";
 
 /// Awaits `future`, failing the test when it takes longer than [`STEP_TIMEOUT`].
-pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
+pub async fn within<F: Future>(step: &str, future: F) -> F::Output {
     match tokio::time::timeout(STEP_TIMEOUT, future).await {
         Ok(output) => output,
-        Err(_) => panic!("{what} did not finish within {} s", STEP_TIMEOUT.as_secs()),
+        Err(_) => panic!("{step} did not finish within {} s", STEP_TIMEOUT.as_secs()),
     }
 }
 
