@@ -1,1 +1,290 @@
-//! Placeholder; the backend lands in its own change.
+//! The subprocess backend: runs each agent as a plain child process of the engine.
+//!
+//! **This backend is not a sandbox.** The agent runs on the engine's machine with the engine's
+//! file system, network and kernel. It can read every file its user may read, open network
+//! connections, and leave its process group with `setsid`. Use it for development, for
+//! machines without a container runtime, and for integrations you trust; run untrusted
+//! integrations on the Docker or Podman backend.
+//!
+//! # Preparing a package
+//!
+//! [`Executor::prepare`] resolves the command line once per package. It is the manifest's
+//! `[run] command` when there is one: a relative program with a `/` is resolved in the package
+//! folder, and a bare name is looked up in [`MINIMAL_PATH`]. Otherwise the backend reads the
+//! Dockerfile's last stage and takes its exec-form `ENTRYPOINT` followed by its exec-form `CMD`
+//! (only `CMD` when there is no `ENTRYPOINT`). Image paths that `COPY` or `ADD` filled from the
+//! package are mapped back to the package files, honouring `WORKDIR`, so that
+//! `ENTRYPOINT ["python3", "/app/agent.py"]` after `COPY agent.py /app/` runs the package's
+//! `agent.py` with this machine's `python3`. An absolute program that no copy provides runs from
+//! this machine when it exists there (such as `/bin/sh`). Shell-form commands, a missing
+//! entrypoint and programs that cannot be found are
+//! [`ExecutorError::InvalidPackage`] with a message that explains how to fix the package.
+//!
+//! # Running a job
+//!
+//! [`Executor::run`] starts the agent in the package folder with an empty environment plus the
+//! job's variables, a minimal `PATH` ([`MINIMAL_PATH`]), a private `HOME` created for the job and
+//! removed afterwards, and `LANG` ([`AGENT_LANG`]); job variables of the same names win. Nothing
+//! else of the engine's environment reaches the agent. The agent leads its own process group. A
+//! separate task writes the message and closes stdin, while the job reads stdout and stderr at
+//! the same time. When the agent exits, times out, is cancelled or writes more stdout than the
+//! cap, the whole group gets `SIGKILL`, so children that the agent forked do not outlive the job.
+//!
+//! # Isolation
+//!
+//! When the engine runs as root and [`Limits::user`] is set, the agent runs as that user and
+//! group with the user's supplementary groups. The package folder must then be readable by that
+//! user. When the engine does not run as root it cannot switch users: the agent runs as the
+//! engine's own user, and the backend logs a warning once. [`Limits::nofile`], [`Limits::nproc`],
+//! [`Limits::cpu_seconds`] and [`Limits::address_space_bytes`] apply through `setrlimit`, capped
+//! at the engine's own hard limits. `RLIMIT_NPROC` counts every process of the user, so it
+//! works as a per-agent limit only with a dedicated agent user, and root ignores it. The
+//! container fields of [`Limits`] (memory, CPUs, pids, network, capabilities, read-only root)
+//! have no effect here.
+//!
+//! # Known Limitations
+//!
+//! - `ENV` values of the Dockerfile do not reach the agent; only the job's variables do.
+//! - Files that `COPY --from` takes from another stage, that `ADD` downloads or unpacks from an
+//!   archive, or that `RUN` creates, cannot be mapped to package files.
+//! - A `.dockerignore` file is not read, so a path it excludes from the image still maps.
+//! - A process that leaves the agent's process group (`setsid`, `setpgid`) survives the job.
+//!
+//! [`Limits`]: agentrun_executor::Limits
+//! [`Limits::user`]: agentrun_executor::Limits::user
+//! [`Limits::nofile`]: agentrun_executor::Limits::nofile
+//! [`Limits::nproc`]: agentrun_executor::Limits::nproc
+//! [`Limits::cpu_seconds`]: agentrun_executor::Limits::cpu_seconds
+//! [`Limits::address_space_bytes`]: agentrun_executor::Limits::address_space_bytes
+
+mod dockerfile;
+mod isolation;
+mod prepare;
+mod process;
+mod run;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use agentrun_executor::{
+    Executor, ExecutorError, JobOutcome, JobSpec, PackageSpec, Prepared, Target,
+};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use crate::isolation::AgentUser;
+use crate::prepare::PrepareError;
+
+/// Name of this backend in configuration, logs and [`Prepared::executor`].
+pub const EXECUTOR_NAME: &str = "subprocess";
+/// `PATH` of every agent, unless the job's environment sets its own.
+pub const MINIMAL_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// `LANG` of every agent, unless the job's environment sets its own.
+pub const AGENT_LANG: &str = "C.UTF-8";
+/// Default for [`SubprocessConfig::drain_after_exit_ms`].
+pub const DEFAULT_DRAIN_AFTER_EXIT_MS: u64 = 500;
+
+/// Configuration of the subprocess backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubprocessConfig {
+    /// Folder in which each job's private `HOME` folder is created and removed again. Default:
+    /// the system's temporary folder (`TMPDIR`, else `/tmp`).
+    pub home_parent: Option<PathBuf>,
+    /// Time in milliseconds to keep reading the agent's stdout and stderr after it exited and
+    /// its process group was killed. Only a process that left the group can keep the pipes
+    /// open that long. Default: [`DEFAULT_DRAIN_AFTER_EXIT_MS`].
+    pub drain_after_exit_ms: u64,
+}
+
+impl Default for SubprocessConfig {
+    fn default() -> Self {
+        Self {
+            home_parent: None,
+            drain_after_exit_ms: DEFAULT_DRAIN_AFTER_EXIT_MS,
+        }
+    }
+}
+
+impl SubprocessConfig {
+    fn drain_after_exit(&self) -> Duration {
+        Duration::from_millis(self.drain_after_exit_ms)
+    }
+}
+
+/// Runs agents as child processes. See the crate documentation.
+#[derive(Debug, Default)]
+pub struct SubprocessExecutor {
+    config: SubprocessConfig,
+    /// Set once the warning about an ignored agent user has been logged.
+    user_warning_logged: AtomicBool,
+}
+
+impl SubprocessExecutor {
+    /// Creates the backend. Nothing is checked until a package is prepared.
+    pub fn new(config: SubprocessConfig) -> Self {
+        Self {
+            config,
+            user_warning_logged: AtomicBool::new(false),
+        }
+    }
+
+    /// Returns the user to switch the agent to, when the engine runs as root and the job names
+    /// one. A non-root engine runs the agent as itself and warns once.
+    fn agent_user(&self, job: &JobSpec) -> Result<Option<AgentUser>, ExecutorError> {
+        let Some(spec) = &job.limits.user else {
+            return Ok(None);
+        };
+        if !isolation::engine_is_root() {
+            if !self.user_warning_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    user = %spec,
+                    "the engine does not run as root, so agents run as the engine's user instead \
+                     of the configured agent user"
+                );
+            }
+            return Ok(None);
+        }
+        isolation::resolve_user(spec)
+            .map(Some)
+            .map_err(|error| run::runtime_error("resolve agent user", error.to_string()))
+    }
+
+    /// Creates a job's private `HOME` folder, at an absolute path because the agent runs in
+    /// another working directory.
+    fn create_home(&self) -> Result<tempfile::TempDir, ExecutorError> {
+        let parent = self
+            .config
+            .home_parent
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let parent = std::path::absolute(&parent).map_err(|source| {
+            ExecutorError::io(
+                format!("resolve the HOME parent folder {}", parent.display()),
+                source,
+            )
+        })?;
+        tempfile::Builder::new()
+            .prefix("agentrun-home-")
+            .tempdir_in(&parent)
+            .map_err(|source| {
+                ExecutorError::io(
+                    format!("create a HOME folder in {}", parent.display()),
+                    source,
+                )
+            })
+    }
+}
+
+#[async_trait]
+impl Executor for SubprocessExecutor {
+    fn name(&self) -> &'static str {
+        EXECUTOR_NAME
+    }
+
+    async fn prepare(&self, package: &PackageSpec) -> Result<Prepared, ExecutorError> {
+        let root = tokio::fs::canonicalize(&package.root)
+            .await
+            .map_err(|source| {
+                ExecutorError::io(
+                    format!("resolve package folder {}", package.root.display()),
+                    source,
+                )
+            })?;
+
+        // Resolving reads the Dockerfile and looks at package files: blocking file system work.
+        let command = package.command.clone();
+        let resolve_root = root.clone();
+        let resolved = tokio::task::spawn_blocking(move || {
+            prepare::resolve_command(&resolve_root, command.as_deref())
+        })
+        .await
+        .map_err(|error| run::runtime_error("resolve command", error.to_string()))?;
+        let argv = resolved.map_err(|error| match error {
+            PrepareError::Read { path, source } => {
+                ExecutorError::io(format!("read {}", path.display()), source)
+            }
+            other => ExecutorError::InvalidPackage {
+                path: root.clone(),
+                reason: other.to_string(),
+            },
+        })?;
+        tracing::debug!(
+            agent_id = %package.agent_id,
+            executor = EXECUTOR_NAME,
+            program = %argv[0],
+            "resolved the agent's command"
+        );
+
+        Ok(Prepared {
+            executor: EXECUTOR_NAME.to_owned(),
+            integration: package.integration.clone(),
+            agent_id: package.agent_id.clone(),
+            digest: package.digest.clone(),
+            target: Target::Command {
+                argv,
+                working_dir: root,
+            },
+            // Nothing is ever built, so there is nothing to find in a cache.
+            cache_hit: false,
+        })
+    }
+
+    async fn run(&self, prepared: &Prepared, job: JobSpec) -> Result<JobOutcome, ExecutorError> {
+        let Target::Command { argv, working_dir } = &prepared.target else {
+            return Err(run::runtime_error(
+                "run",
+                format!(
+                    "the package was prepared by the {} executor as an image, which the \
+                     subprocess executor cannot run: prepare it with the subprocess executor",
+                    prepared.executor
+                ),
+            ));
+        };
+        let span = tracing::debug_span!(
+            "agent",
+            job_id = job.job_id,
+            agent_id = %prepared.agent_id,
+            executor = EXECUTOR_NAME
+        );
+        run::run_job(self, argv, working_dir, job)
+            .instrument(span)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_from_empty_object() {
+        let config: SubprocessConfig = serde_json::from_str("{}").expect("empty config is valid");
+        assert_eq!(config, SubprocessConfig::default());
+        assert_eq!(config.drain_after_exit_ms, DEFAULT_DRAIN_AFTER_EXIT_MS);
+    }
+
+    #[test]
+    fn config_rejects_unknown_field() {
+        let error = serde_json::from_str::<SubprocessConfig>(r#"{"drain_ms": 5}"#)
+            .expect_err("unknown fields are rejected");
+        assert!(
+            error.to_string().contains("unknown field `drain_ms`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn home_is_absolute_for_relative_parent() {
+        let executor = SubprocessExecutor::new(SubprocessConfig {
+            home_parent: Some(PathBuf::from(".")),
+            ..SubprocessConfig::default()
+        });
+        let home = executor
+            .create_home()
+            .expect("the current folder is writable in tests");
+        assert!(home.path().is_absolute(), "{}", home.path().display());
+    }
+}
