@@ -91,6 +91,11 @@ pub struct Config {
     pub log: LogConfig,
     /// Resource limits and hardening options for every agent.
     pub limits: Limits,
+    /// The subprocess backend.
+    pub subprocess: agentrun_subprocess::SubprocessConfig,
+    /// The Docker backend.
+    #[cfg(feature = "docker")]
+    pub docker: agentrun_docker::DockerConfig,
 }
 
 impl Default for Config {
@@ -107,6 +112,9 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             log: LogConfig::default(),
             limits: Limits::default(),
+            subprocess: agentrun_subprocess::SubprocessConfig::default(),
+            #[cfg(feature = "docker")]
+            docker: agentrun_docker::DockerConfig::default(),
         }
     }
 }
@@ -595,6 +603,10 @@ mod tests {
             "secrets.key_file",
             "limits.memory_bytes",
             "limits.user",
+            "subprocess.home_parent",
+            "docker.host",
+            "docker.network",
+            "docker.log_driver",
         ] {
             let leaf = key.rsplit('.').next().unwrap_or(key);
             if !text.contains(&format!("{leaf} =")) {

@@ -18,6 +18,7 @@ pub mod forms;
 pub mod manifest;
 pub mod package;
 pub mod protocol;
+pub mod service;
 pub mod store;
 
 pub use agentrun_executor as executor;
