@@ -388,10 +388,10 @@ impl Config {
                 return Err(ConfigError::NotFound { path: path.clone() });
             }
         }
-        let mut figment = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file_exact(&paths.system));
+        let mut figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(&paths.system));
         if let Some(user) = &paths.user {
-            figment = figment.merge(Toml::file_exact(user));
+            figment = figment.merge(Toml::file(user));
         }
         if let Some(explicit) = &paths.explicit {
             figment = figment.merge(Toml::file_exact(explicit));
@@ -758,6 +758,21 @@ mod tests {
         };
         let error = Config::load_from(&paths).expect_err("missing file");
         assert!(matches!(error, ConfigError::NotFound { .. }), "{error}");
+    }
+
+    /// Missing system and user files are skipped.
+    #[test]
+    fn missing_optional_files_are_skipped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let explicit = dir.path().join("explicit.toml");
+        std::fs::write(&explicit, "[jobs]\nconcurrency = 3\n").expect("write");
+        let paths = ConfigPaths {
+            system: dir.path().join("missing-system.toml"),
+            user: Some(dir.path().join("missing-user.toml")),
+            explicit: Some(explicit),
+        };
+        let config = Config::load_from(&paths).expect("valid");
+        assert_eq!(config.jobs.concurrency, 3);
     }
 
     #[test]

@@ -195,13 +195,14 @@ pub(crate) async fn delete(
     Ok(record)
 }
 
-/// Restarts builds that a previous process left unfinished, and removes package folders that
-/// no integration uses. Runs at start-up, before any job.
-pub(crate) async fn resume_builds(service: &Arc<Service>) {
+/// Removes package folders that no integration uses, such as uploads a previous process did
+/// not finish and packages that were replaced or deleted. Runs at start-up before the API
+/// accepts uploads, since a folder being uploaded is not in the store yet.
+pub(crate) async fn remove_unused_packages(service: &Service) {
     let records = match service.store.integrations().await {
         Ok(records) => records,
         Err(error) => {
-            tracing::error!(error = %error, "listing integrations at start-up failed");
+            tracing::error!(error = %error, "listing integrations at start-up failed; no package is removed");
             return;
         }
     };
@@ -210,14 +211,22 @@ pub(crate) async fn resume_builds(service: &Arc<Service>) {
         .iter()
         .map(|record| record.package_root.clone())
         .collect();
-    let packages_for_sweep = packages.clone();
-    let swept =
-        tokio::task::spawn_blocking(move || remove_unused_packages(&packages_for_sweep, &keep))
-            .await;
-    if let Ok(Err(error)) = swept {
+    let folder = packages.clone();
+    let removed = tokio::task::spawn_blocking(move || remove_folders_except(&folder, &keep)).await;
+    if let Ok(Err(error)) = removed {
         tracing::warn!(folder = %packages.display(), error = %error, "removing unused packages failed");
     }
+}
 
+/// Restarts builds that a previous process left unfinished. Runs at start-up.
+pub(crate) async fn resume_builds(service: &Arc<Service>) {
+    let records = match service.store.integrations().await {
+        Ok(records) => records,
+        Err(error) => {
+            tracing::error!(error = %error, "listing integrations at start-up failed");
+            return;
+        }
+    };
     for record in records {
         if record.state == BuildState::Building {
             spawn_build(service, record, None);
@@ -368,12 +377,16 @@ fn duplicate(existing: &str) -> ApiError {
     )
 }
 
-/// Removes folders under `packages/` that are neither in `keep` nor a parent of one.
-fn remove_unused_packages(packages: &Path, keep: &[PathBuf]) -> std::io::Result<()> {
+/// Removes entries under `packages/` that are neither in `keep` nor a parent of one.
+fn remove_folders_except(packages: &Path, keep: &[PathBuf]) -> std::io::Result<()> {
     for agent in std::fs::read_dir(packages)? {
         let agent = agent?.path();
         if !keep.iter().any(|root| root.starts_with(&agent)) {
-            std::fs::remove_dir_all(&agent)?;
+            if agent.is_dir() {
+                std::fs::remove_dir_all(&agent)?;
+            } else {
+                std::fs::remove_file(&agent)?;
+            }
             continue;
         }
         if !agent.is_dir() {

@@ -202,6 +202,7 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
         .map_err(ServiceError::Signals)?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(ServiceError::Signals)?;
+    integrations::remove_unused_packages(&service).await;
     let servers = api::listen(&service).await?;
     tracing::info!(
         executor = service.executor().name(),

@@ -200,7 +200,7 @@ fn start(service: &Arc<Service>, job: JobRecord) {
             reason: None,
         },
     );
-    let span = tracing::info_span!("job", job_id = job.id, agent_id = %job.agent_id);
+    let span = tracing::info_span!("worker", job_id = job.id);
     let service = Arc::clone(service);
     service.tasks.clone().spawn(
         async move {

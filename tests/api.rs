@@ -1,0 +1,783 @@
+//! End-to-end tests of the HTTP API on the subprocess executor: the service runs as a child
+//! process, and every request goes over its Unix socket (or TCP where stated).
+
+#[path = "common/service.rs"]
+mod harness;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use harness::{
+    shell_manifest, shell_package, wait_integration_ready, wait_job_final, wait_job_running,
+    zip_folder, Address, Client, ServiceProcess, Webhook,
+};
+use serde_json::{json, Value};
+
+const SUBPROCESS: &str = "executor = \"subprocess\"\n[health]\ninterval_secs = 0\n";
+
+/// Registers the shell agent under `name` with `env` and waits until it is ready.
+async fn register_shell(client: &Client, dir: &std::path::Path, name: &str, env: Value) -> String {
+    let mut manifest = shell_manifest(name);
+    manifest["env"] = env;
+    let zip = shell_package(&dir.join(format!("package-{name}")));
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    manifest.to_string().into_bytes(),
+                ),
+                ("package", "application/zip", zip),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let agent_id = response.json()["agent_id"]
+        .as_str()
+        .expect("agent_id in response")
+        .to_owned();
+    wait_integration_ready(client, &agent_id).await;
+    agent_id
+}
+
+async fn submit(client: &Client, agent_id: &str, values: Value) -> u64 {
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs"),
+            &json!({ "values": values }),
+        )
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    response.json()["job_id"].as_u64().expect("job_id")
+}
+
+fn slack_zip() -> Vec<u8> {
+    zip_folder(&harness::workspace_root().join("examples/slack"))
+}
+
+/// The Slack example end to end: register, actions, form with keywords, job against a local
+/// webhook, result; no env value appears in any response or log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_end_to_end_on_subprocess() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let webhook = Webhook::start().await;
+    let secret = format!("secret-{}", uuid::Uuid::new_v4().simple());
+    let hook_url = format!("{}/services/T000/{secret}", webhook.base_url);
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+
+    // Register with a manifest part that carries the webhook URL as env.
+    let manifest_toml =
+        std::fs::read_to_string(harness::workspace_root().join("examples/slack/integration.toml"))
+            .expect("read the Slack manifest");
+    let mut manifest: Value = toml::from_str::<toml::Value>(&manifest_toml)
+        .map(|value| serde_json::to_value(value).expect("TOML to JSON"))
+        .expect("Slack manifest parses");
+    manifest["env"] = json!({ "url": hook_url });
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    manifest.to_string().into_bytes(),
+                ),
+                ("package", "application/zip", slack_zip()),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let created = response.json();
+    assert_eq!(created["name"], "Slack");
+    assert_eq!(created["env"], json!(["url"]));
+    let agent_id = created["agent_id"].as_str().expect("agent_id").to_owned();
+    assert_eq!(agent_id, "f2fe62ed-03c8-5f57-a801-e8322d208e7d");
+    let ready = wait_integration_ready(&client, &agent_id).await;
+    assert_eq!(ready["manifest"]["env"], Value::Null, "{ready}");
+
+    // Actions for collaborate/report list it; canvas/nodes does not.
+    let actions = client
+        .get("/v1/actions?section=collaborate&section_element=report")
+        .await
+        .json();
+    let names: Vec<&str> = actions["actions"]
+        .as_array()
+        .expect("actions list")
+        .iter()
+        .filter_map(|action| action["name"].as_str())
+        .collect();
+    assert_eq!(names, ["Slack"]);
+    let canvas = client
+        .get("/v1/actions?section=canvas&section_element=nodes")
+        .await
+        .json();
+    assert_eq!(canvas["actions"], json!([]));
+
+    // The form has SIFT-USER-NAME and the report keywords substituted.
+    let context = json!({
+        "user-name": "alice@example.com",
+        "report-name": "Q3 incident",
+        "report-url": "https://sift.example/r/42"
+    });
+    let form = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/form"),
+            &json!({ "context": context }),
+        )
+        .await;
+    assert_eq!(form.status, 200, "{}", form.text());
+    let form = form.json();
+    assert_eq!(
+        form["fields"][0]["value"],
+        "alice@example.com shared the report Q3 incident: https://sift.example/r/42"
+    );
+    assert_eq!(form["fields"][0]["name"], "message");
+
+    // A job with the prefilled message, waited for.
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs?wait=true"),
+            &json!({ "values": {}, "context": context }),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let job = response.json();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["status"], "succeeded");
+    assert_eq!(job["result"]["message"], "Message sent to Slack.");
+    assert_eq!(job["result"]["return_code"], 0);
+    let job_id = job["job_id"].as_u64().expect("job_id");
+    assert_eq!(job["result"]["job_id"].as_u64(), Some(job_id));
+
+    let requests = webhook.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].0, format!("/services/T000/{secret}"));
+    let posted: Value = serde_json::from_str(&requests[0].1).expect("webhook body is JSON");
+    assert_eq!(
+        posted["text"],
+        "alice@example.com shared the report Q3 incident: https://sift.example/r/42"
+    );
+
+    // The job reads back the same, and lists under its integration.
+    let shown = client.get(&format!("/v1/jobs/{job_id}")).await.json();
+    assert_eq!(shown["result"], job["result"]);
+    let listed = client
+        .get(&format!("/v1/jobs?integration={agent_id}&state=succeeded"))
+        .await
+        .json();
+    assert_eq!(listed["jobs"][0]["job_id"].as_u64(), Some(job_id));
+
+    // An env update returns names only.
+    let second_secret = format!("token-{}", uuid::Uuid::new_v4().simple());
+    let patched = client
+        .json(
+            "PATCH",
+            &format!("/v1/integrations/{agent_id}/env"),
+            &json!({ "API_TOKEN": second_secret }),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(patched.json()["env"], json!(["url", "API_TOKEN"]));
+
+    // Health, metrics and the whole integration listing, then the secrets check.
+    let health = client
+        .request(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/describe"),
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert_eq!(health.json()["health"]["healthy"], true);
+    let metrics = client.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .text()
+            .contains("agentrun_jobs{integration=\"Slack\",state=\"succeeded\"} 1"),
+        "{}",
+        metrics.text()
+    );
+    client.get("/v1/integrations").await;
+    client.get(&format!("/v1/integrations/{agent_id}")).await;
+
+    service.signal(libc::SIGTERM);
+    let status = service.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", service.logs());
+
+    let transcript = client.transcript.text();
+    let logs = service.logs();
+    for value in [&secret, &second_secret] {
+        assert!(
+            !transcript.contains(value.as_str()),
+            "an API response contains an env value"
+        );
+        assert!(
+            !logs.contains(value.as_str()),
+            "the service log contains an env value"
+        );
+    }
+    assert!(logs.contains("job finished"), "{logs}");
+}
+
+/// Invalid input gets 422 with one entry per problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_input_gets_422() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+
+    let registered = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[("package", "application/zip", slack_zip())],
+        )
+        .await;
+    assert_eq!(registered.status, 202, "{}", registered.text());
+    let agent_id = registered.json()["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+    wait_integration_ready(&client, &agent_id).await;
+
+    // A field value that breaks the field's regex.
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs"),
+            &json!({ "values": { "message": "   " } }),
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["error"], "invalid_values");
+    assert_eq!(body["errors"][0]["field"], "message");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "Write a message to send to Slack."
+    );
+    assert_eq!(body["errors"][0]["rule"], "regex");
+
+    // An unknown field and a non-string value, both listed.
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs"),
+            &json!({ "values": { "message": "hi", "channel": "x" } }),
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    assert_eq!(response.json()["errors"][0]["rule"], "unknown_field");
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs"),
+            &json!({ "values": { "message": 5 } }),
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    assert_eq!(response.json()["errors"][0]["field"], "message");
+
+    // An unknown context key.
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs"),
+            &json!({ "context": { "user": "alice" } }),
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+
+    // A manifest with two problems lists both.
+    let bad_manifest = json!({
+        "name": "Broken",
+        "section": "sidebar",
+        "fields": [{ "name": "x", "ui_element": "slider" }]
+    });
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    bad_manifest.to_string().into_bytes(),
+                ),
+                ("package", "application/zip", slack_zip()),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["error"], "invalid_manifest");
+    let paths: Vec<&str> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|error| error["field"].as_str())
+        .collect();
+    assert!(paths.contains(&"section"), "{body}");
+    assert!(paths.contains(&"fields[0].ui_element"), "{body}");
+
+    // No manifest part and no integration.toml in the package.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).expect("mkdir");
+    std::fs::write(
+        bare.join("Dockerfile"),
+        "FROM scratch\nENTRYPOINT [\"/bin/true\"]\n",
+    )
+    .expect("write");
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[("package", "application/zip", zip_folder(&bare))],
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["error"], "missing_part");
+    assert_eq!(body["errors"][0]["field"], "manifest");
+
+    // No package part.
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[("manifest", "application/json", b"{\"name\":\"x\"}".to_vec())],
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    assert_eq!(response.json()["errors"][0]["field"], "package");
+
+    // The same name in another case.
+    let upper = json!({ "name": "SLACK" });
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    upper.to_string().into_bytes(),
+                ),
+                ("package", "application/zip", slack_zip()),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["error"], "duplicate_name");
+    assert!(
+        body["message"].as_str().unwrap_or("").contains("\"Slack\""),
+        "{body}"
+    );
+
+    // Malformed JSON is 400, a wrong content type 415, an unknown route 404: all JSON.
+    let response = client
+        .request(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs"),
+            Some("application/json"),
+            b"{not json".to_vec(),
+        )
+        .await;
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert_eq!(response.json()["error"], "bad_request");
+    let response = client
+        .request(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs"),
+            Some("text/plain"),
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(response.status, 415, "{}", response.text());
+    let response = client.get("/v1/no-such-route").await;
+    assert_eq!(response.status, 404);
+    assert_eq!(response.json()["error"], "no_route");
+    let response = client.get("/v1/integrations/not-a-uuid").await;
+    assert_eq!(response.status, 404);
+    assert_eq!(response.json()["error"], "not_found");
+}
+
+/// Uploads past `intake.max_archive_bytes` and JSON bodies past `api.max_body_bytes` get 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_bodies_get_413() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config =
+        format!("{SUBPROCESS}[intake]\nmax_archive_bytes = 2048\n[api]\nmax_body_bytes = 4096\n");
+    let mut service = ServiceProcess::start(dir.path(), &config, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+
+    let big = vec![b'x'; 64 * 1024];
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[("package", "application/zip", big)],
+        )
+        .await;
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert_eq!(response.json()["error"], "payload_too_large");
+    assert!(
+        response.json()["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("2048"),
+        "{}",
+        response.text()
+    );
+
+    let long = "y".repeat(8 * 1024);
+    let response = client
+        .json(
+            "POST",
+            "/v1/integrations/f2fe62ed-03c8-5f57-a801-e8322d208e7d/jobs",
+            &json!({ "values": { "message": long } }),
+        )
+        .await;
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert_eq!(response.json()["error"], "payload_too_large");
+
+    // Nothing was left behind in the upload folder.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("data/tmp"))
+        .expect("tmp exists")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// On TCP, requests without the token or with a wrong one get 401; the right one passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_requires_bearer_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let token = format!("token-{}", uuid::Uuid::new_v4().simple());
+    let config = format!("{SUBPROCESS}[listen]\ntcp = \"127.0.0.1:{port}\"\ntoken = \"{token}\"\n");
+    let mut service = ServiceProcess::start(dir.path(), &config, &[]);
+    service.wait_ready().await;
+    let tcp = Client::new(Address::Tcp(format!("127.0.0.1:{port}")));
+
+    let response = tcp.get("/v1/integrations").await;
+    assert_eq!(response.status, 401, "{}", response.text());
+    assert_eq!(response.json()["error"], "unauthorized");
+    assert_eq!(
+        response
+            .headers
+            .get("www-authenticate")
+            .and_then(|value| value.to_str().ok()),
+        Some("Bearer")
+    );
+
+    let response = tcp.with_token("wrong-token").get("/v1/integrations").await;
+    assert_eq!(response.status, 401, "{}", response.text());
+
+    let response = tcp.with_token(&token).get("/v1/integrations").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    let response = tcp.get("/healthz").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+
+    // The Unix socket needs no token, and its mode is 0660.
+    let response = service.client().get("/v1/integrations").await;
+    assert_eq!(response.status, 200);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&service.socket)
+        .expect("socket exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660);
+    assert!(
+        !service.logs().contains(&token),
+        "the log contains the token"
+    );
+}
+
+/// TCP without a token stops start-up with a message that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_without_token_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!(
+        "{SUBPROCESS}[listen]\ntcp = \"127.0.0.1:{}\"\n",
+        free_port()
+    );
+    let mut service = ServiceProcess::start(dir.path(), &config, &[]);
+    let status = service.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "{}", service.logs());
+    let logs = service.logs();
+    assert!(logs.contains("listen.tcp"), "{logs}");
+    assert!(logs.contains("requires a bearer token"), "{logs}");
+}
+
+/// Cancelling a running job kills its agent and records it as cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_running_job_kills_agent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run_log = dir.path().join("runs.log");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+    let agent_id = register_shell(
+        &client,
+        dir.path(),
+        "Sleeper",
+        json!({ "RUN_LOG": run_log.display().to_string() }),
+    )
+    .await;
+
+    let job_id = submit(&client, &agent_id, json!({ "sleep": "300" })).await;
+    wait_job_running(&client, job_id).await;
+    // The agent has started once it wrote its id.
+    harness::wait_for("the agent to start", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&run_log)
+            .ok()
+            .filter(|text| text.contains(&job_id.to_string()))
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let response = client.delete(&format!("/v1/jobs/{job_id}")).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let job = response.json();
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(job["result"]["status"], "cancelled");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cancelled through the API"),
+        "{job}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the agent was not killed"
+    );
+
+    // A finished job cannot be cancelled again; a queued one is cancelled at once.
+    let again = client.delete(&format!("/v1/jobs/{job_id}")).await;
+    assert_eq!(again.status, 409, "{}", again.text());
+    let missing = client.delete("/v1/jobs/1").await;
+    assert_eq!(missing.status, 404, "{}", missing.text());
+}
+
+/// 200 concurrent submissions are all recorded and all finish, each run exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_submissions_run_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run_log = dir.path().join("runs.log");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+    let agent_id = register_shell(
+        &client,
+        dir.path(),
+        "Counter",
+        json!({ "RUN_LOG": run_log.display().to_string() }),
+    )
+    .await;
+
+    let submissions: Vec<_> = (0..200)
+        .map(|_| {
+            let client = client.clone();
+            let agent_id = agent_id.clone();
+            tokio::spawn(async move { submit(&client, &agent_id, json!({})).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for submission in submissions {
+        ids.push(submission.await.expect("submission task"));
+    }
+    let unique: HashSet<u64> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), 200, "job ids repeat");
+
+    for id in &ids {
+        let job = wait_job_final(&client, *id, Duration::from_secs(300)).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["result"]["message"], format!("done {id}"));
+    }
+
+    let runs = std::fs::read_to_string(&run_log).expect("run log");
+    let mut ran: Vec<u64> = runs
+        .lines()
+        .map(|line| line.trim().parse().expect("job id line"))
+        .collect();
+    ran.sort_unstable();
+    let mut expected = ids.clone();
+    expected.sort_unstable();
+    assert_eq!(ran, expected, "every job ran exactly once");
+
+    let listed = client
+        .get(&format!("/v1/jobs?integration={agent_id}&limit=1000"))
+        .await
+        .json();
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(200));
+}
+
+/// SIGKILL while a subprocess job runs: after a restart the job is `interrupted`, never run
+/// again, and earlier jobs are intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_interrupts_subprocess_job() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run_log = dir.path().join("runs.log");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+    let agent_id = register_shell(
+        &client,
+        dir.path(),
+        "Sleeper",
+        json!({ "RUN_LOG": run_log.display().to_string() }),
+    )
+    .await;
+
+    let earlier = submit(&client, &agent_id, json!({})).await;
+    let earlier_job = wait_job_final(&client, earlier, Duration::from_secs(60)).await;
+    assert_eq!(earlier_job["state"], "succeeded");
+    let queued_behind = submit(&client, &agent_id, json!({ "sleep": "5" })).await;
+    wait_job_running(&client, queued_behind).await;
+    harness::wait_for("the agent to start", Duration::from_secs(30), || async {
+        std::fs::read_to_string(&run_log)
+            .ok()
+            .filter(|text| text.contains(&queued_behind.to_string()))
+    })
+    .await;
+
+    service.kill9().await;
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+
+    let job = wait_job_final(&client, queued_behind, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "interrupted", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not run again"),
+        "{job}"
+    );
+    let earlier_again = client.get(&format!("/v1/jobs/{earlier}")).await.json();
+    assert_eq!(earlier_again, earlier_job);
+
+    // Give a re-run the time to show up, then check the interrupted job ran once only.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let runs = std::fs::read_to_string(&run_log).expect("run log");
+    let count = runs
+        .lines()
+        .filter(|line| line.trim() == queued_behind.to_string())
+        .count();
+    assert_eq!(count, 1, "{runs}");
+
+    // New jobs still get ids above every stored one.
+    let next = submit(&client, &agent_id, json!({})).await;
+    assert!(next > queued_behind, "{next} <= {queued_behind}");
+}
+
+/// `READY=1` and `STOPPING=1` arrive on `NOTIFY_SOCKET`, and SIGTERM lets a running job finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_and_drain_on_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    let notify_env = notify_path.display().to_string();
+    let mut service = ServiceProcess::start(
+        dir.path(),
+        SUBPROCESS,
+        &[("NOTIFY_SOCKET", notify_env.as_str())],
+    );
+
+    let ready = receive(&notify).await;
+    assert!(ready.lines().any(|line| line == "READY=1"), "{ready:?}");
+    // Ready means listening: a request works at once.
+    let client = service.client();
+    assert_eq!(client.get("/healthz").await.status, 200);
+
+    let agent_id = register_shell(&client, dir.path(), "Sleeper", json!({})).await;
+    let job_id = submit(&client, &agent_id, json!({ "sleep": "2" })).await;
+    wait_job_running(&client, job_id).await;
+
+    service.signal(libc::SIGTERM);
+    let stopping = receive(&notify).await;
+    assert!(
+        stopping.lines().any(|line| line == "STOPPING=1"),
+        "{stopping:?}"
+    );
+    let status = service.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", service.logs());
+
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let job = service
+        .client()
+        .get(&format!("/v1/jobs/{job_id}"))
+        .await
+        .json();
+    assert_eq!(
+        job["state"], "succeeded",
+        "the running job was not drained: {job}"
+    );
+}
+
+/// A job still running when the grace period ends is cancelled with a message saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_after_grace_period() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+    let agent_id = register_shell(&client, dir.path(), "Sleeper", json!({})).await;
+    let job_id = submit(&client, &agent_id, json!({ "sleep": "300" })).await;
+    wait_job_running(&client, job_id).await;
+
+    service.signal(libc::SIGTERM);
+    let status = service.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0), "{}", service.logs());
+
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let job = service
+        .client()
+        .get(&format!("/v1/jobs/{job_id}"))
+        .await
+        .json();
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("service stopped"),
+        "{job}"
+    );
+}
+
+async fn receive(socket: &tokio::net::UnixDatagram) -> String {
+    let mut buffer = vec![0u8; 4096];
+    let length = tokio::time::timeout(Duration::from_secs(60), socket.recv(&mut buffer))
+        .await
+        .expect("a notification within 60 s")
+        .expect("receive a notification");
+    String::from_utf8_lossy(&buffer[..length]).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
