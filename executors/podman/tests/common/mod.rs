@@ -89,9 +89,12 @@ pub fn test_config() -> PodmanConfig {
 
 /// Starts an executor on a private service of its own.
 pub async fn private_executor(config: PodmanConfig) -> PodmanExecutor {
-    within("starting a private podman service", PodmanExecutor::with_private_service(config))
-        .await
-        .expect("the private podman service starts")
+    within(
+        "starting a private podman service",
+        PodmanExecutor::with_private_service(config),
+    )
+    .await
+    .expect("the private podman service starts")
 }
 
 /// Writes a package whose agent is `/bin/sh` running `script`, and returns its spec.
