@@ -7,7 +7,7 @@
 //! - Image build: the crate tars a folder itself. The backend sends the deterministic tar that
 //!   [`agentrun_executor::build_context_tar`] makes, as the Docker backend does, and reads the
 //!   error lines of the build log itself.
-//! - Container state: the crate's inspect asks Podman for the container's size, which costs
+//! - Container state: the crate's inspect requests the container's size, which costs
 //!   tens of milliseconds per call on a large image, and its wait discards the exit code.
 //!
 //! Each request opens its own connection and speaks HTTP/1.0, so the server delimits the
@@ -78,10 +78,18 @@ impl Response {
 
     /// Reads the body and returns the error message of a libpod error response, or the body
     /// as text when it is not one.
+    ///
+    /// A server that rejects a request before reading all of it closes a socket with unread
+    /// data, which resets the connection. The part of the body read before the reset is kept.
     pub(crate) async fn error_message(self) -> String {
         let status = self.status;
-        match self.bytes().await {
-            Ok(body) => error_message(status, &body),
+        let mut body = Vec::new();
+        let read = self.body.take(MAX_BODY_BYTES).read_to_end(&mut body).await;
+        match read {
+            Ok(_) => error_message(status, &body),
+            Err(error) if error.kind() == io::ErrorKind::ConnectionReset && !body.is_empty() => {
+                error_message(status, &body)
+            }
             Err(error) => format!("HTTP {status}, body unreadable: {error}"),
         }
     }
@@ -106,16 +114,24 @@ pub(crate) async fn request(
         head.push_str(&format!("Content-Type: {content_type}\r\n"));
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.flush().await?;
+    let written = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        stream.flush().await
+    }
+    .await;
 
+    // A server that rejects a request early (such as a build with an invalid context) may
+    // respond and close before reading the whole body. Its response explains more than the
+    // broken pipe of the write does.
     let mut reader = BufReader::new(stream);
-    let status = read_head(&mut reader).await?;
-    Ok(Response {
-        status,
-        body: reader,
-    })
+    match read_head(&mut reader).await {
+        Ok(status) => Ok(Response {
+            status,
+            body: reader,
+        }),
+        Err(read_error) => Err(written.err().unwrap_or(read_error)),
+    }
 }
 
 /// Reads the status line and headers and returns the status code.
@@ -372,7 +388,7 @@ impl ContainerState {
 /// Returns the container's state.
 ///
 /// Podman's wait endpoint would return the exit code directly, but it responds about 200 ms
-/// after the container has exited (measured with Podman 4.3.1), while inspect sees the exit at
+/// after the container has exited (measured with Podman 4.3.1), while inspect reports the exit at
 /// once. Inspect here also skips the size computation that the crate's inspect requests.
 ///
 /// # Errors
@@ -445,6 +461,90 @@ mod tests {
         let error = parse_status_line("SSH-2.0-OpenSSH").expect_err("not HTTP");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         assert!(error.to_string().contains("SSH-2.0-OpenSSH"), "{error}");
+    }
+
+    /// Serves one connection on a socket in `dir`: reads up to the end of the request head,
+    /// writes `response` and closes, without reading any request body.
+    async fn serve_once(dir: &Path, response: &'static [u8]) -> std::path::PathBuf {
+        let socket = dir.join("server.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).await.expect("read") > 0 {
+                if line == "\r\n" {
+                    break;
+                }
+                line.clear();
+            }
+            let mut stream = reader.into_inner();
+            stream.write_all(response).await.expect("write");
+        });
+        socket
+    }
+
+    #[tokio::test]
+    async fn request_reads_early_response() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = serve_once(
+            dir.path(),
+            b"HTTP/1.0 400 Bad Request\r\n\r\n{\"message\":\"invalid context\"}",
+        )
+        .await;
+        // Far more than the socket buffers hold, so the write fails once the server closes.
+        let body = vec![0u8; 32 * 1024 * 1024];
+
+        let call = request(&socket, "POST", "/libpod/build", None, &body);
+        let response = tokio::time::timeout(std::time::Duration::from_secs(30), call)
+            .await
+            .expect("the request ends")
+            .expect("the response is read despite the failed write");
+
+        assert_eq!(response.status, 400);
+        assert_eq!(response.error_message().await, "invalid context (HTTP 400)");
+    }
+
+    #[tokio::test]
+    async fn request_rejects_chunked_response() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = serve_once(
+            dir.path(),
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+
+        let call = request(&socket, "GET", "/libpod/_ping", None, &[]);
+        let error = tokio::time::timeout(std::time::Duration::from_secs(30), call)
+            .await
+            .expect("the request ends")
+            .expect_err("chunked encoding is not expected");
+
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("chunked"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn next_line_splits_streamed_body() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = serve_once(
+            dir.path(),
+            b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"a\":1}\r\n{\"b\":2}\n{\"c\":3}",
+        )
+        .await;
+
+        let call = request(&socket, "POST", "/libpod/build", None, b"tar");
+        let mut response = tokio::time::timeout(std::time::Duration::from_secs(30), call)
+            .await
+            .expect("the request ends")
+            .expect("the response head is valid");
+
+        assert_eq!(response.status, 200);
+        let mut lines = Vec::new();
+        while let Some(line) = response.next_line().await.expect("the body is readable") {
+            lines.push(line);
+        }
+        assert_eq!(lines, [r#"{"a":1}"#, r#"{"b":2}"#, r#"{"c":3}"#]);
     }
 
     #[test]

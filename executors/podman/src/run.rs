@@ -88,13 +88,9 @@ pub(crate) async fn run(
         };
         let mut capture = OutputCapture::new(job.max_stdout_bytes, job.stderr_tail_bytes);
 
-        let result = run_container(&connection, spec, &job, &stop, &mut capture).await;
-        let (end, exit, container_id) = match result {
-            Ok(ran) => ran,
-            Err(error) => return Err(error),
-        };
+        let ran = run_container(&connection, spec, &job, &stop, &mut capture).await?;
 
-        let outcome = finish(end, exit, capture, started_at, started, container_id);
+        let outcome = finish(ran, capture, started_at, started);
         info!(
             exit_code = outcome.exit.code(),
             end = ?outcome.end,
@@ -109,22 +105,48 @@ pub(crate) async fn run(
     .await
 }
 
-/// Runs the container phases and returns how the job ended, the agent's exit status and the
-/// container id. Removes the container on every path.
+/// The result of running a job's container.
+struct Ran {
+    end: JobEnd,
+    exit: ExitStatus,
+    container_id: Option<String>,
+    /// When the container was started, `None` when the job stopped before that.
+    started_at: Option<SystemTime>,
+}
+
+impl Ran {
+    /// Returns the result of a job that stopped before its agent started.
+    fn stopped(end: JobEnd, container_id: Option<String>) -> Self {
+        Self {
+            end,
+            exit: ExitStatus::Unknown,
+            container_id,
+            started_at: None,
+        }
+    }
+}
+
+/// Runs the container phases and returns how the job ended. Removes the container on every
+/// path.
 async fn run_container(
     connection: &Connection,
     spec: CreateSpec,
     job: &JobSpec,
     stop: &StopSignals,
     capture: &mut OutputCapture,
-) -> Result<(JobEnd, ExitStatus, Option<String>), ExecutorError> {
-    // Create. The guard removes the container if this future is dropped from here on.
+) -> Result<Ran, ExecutorError> {
+    // Create. The guard removes the container if this future is dropped from here on; until
+    // the id is known it goes by the container's name.
     let mut container = Container::new(connection.clone(), spec.name.clone().unwrap_or_default());
     let id = match stop.until(create(connection, &spec)).await {
-        Ok(created) => created?,
+        Ok(Ok(id)) => id,
+        Ok(Err(error)) => {
+            container.remove().await;
+            return Err(error);
+        }
         Err(end) => {
             container.remove().await;
-            return Ok((end, ExitStatus::Unknown, None));
+            return Ok(Ran::stopped(end, None));
         }
     };
     container.set_id(id.clone());
@@ -139,13 +161,14 @@ async fn run_container(
         }
         Err(end) => {
             container.remove().await;
-            return Ok((end, ExitStatus::Unknown, Some(id)));
+            return Ok(Ran::stopped(end, Some(id)));
         }
     };
     let (reader, writer) = multiplexer.split();
     let (mut output, reader_task) = spawn_reader(reader);
 
     // Start.
+    let started_at = SystemTime::now();
     match stop.until(start(&container)).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
@@ -155,12 +178,12 @@ async fn run_container(
         }
         Err(end) => {
             container.remove().await;
-            return Ok((end, ExitStatus::Unknown, Some(id)));
+            return Ok(Ran::stopped(end, Some(id)));
         }
     }
 
     // Write the message from its own task, so that an agent that never reads stdin cannot
-    // block the collection of its output. The task is aborted once the agent has exited.
+    // block the collection of its output. Returning drops the handle, which aborts the task.
     let _writer_task = write_stdin(writer, job.stdin.clone());
 
     // Collect until the stream ends, the stdout cap is passed, or the job is stopped.
@@ -191,7 +214,12 @@ async fn run_container(
     };
 
     container.remove().await;
-    Ok((end, exit, Some(id)))
+    Ok(Ran {
+        end,
+        exit,
+        container_id: Some(id),
+        started_at: Some(started_at),
+    })
 }
 
 /// The job's deadline and cancellation token, which end every phase.
@@ -587,24 +615,24 @@ pub(crate) async fn kill(connection: &Connection, reference: &str) -> ExitStatus
     }
 }
 
+/// Builds the outcome. `run_started_at` replaces the agent's start time when the job
+/// stopped before the agent started.
 fn finish(
-    end: JobEnd,
-    exit: ExitStatus,
+    ran: Ran,
     capture: OutputCapture,
-    started_at: SystemTime,
+    run_started_at: SystemTime,
     started: Instant,
-    container_id: Option<String>,
 ) -> JobOutcome {
     let (stdout, stderr_tail, stderr_total_bytes) = capture.finish();
     JobOutcome {
-        end,
-        exit,
+        end: ran.end,
+        exit: ran.exit,
         stdout,
         stderr_tail,
         stderr_total_bytes,
-        started_at,
+        started_at: ran.started_at.unwrap_or(run_started_at),
         duration: started.elapsed(),
-        container_id,
+        container_id: ran.container_id,
     }
 }
 
