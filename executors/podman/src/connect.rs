@@ -23,6 +23,9 @@ const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between readiness probes of a starting service.
 const SERVICE_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Source name of the configured socket, in logs and error messages.
+const CONFIGURED_SOURCE: &str = "configured socket";
+
 /// Standard socket of a rootful Podman service.
 const ROOTFUL_SOCKET: &str = "/run/podman/podman.sock";
 
@@ -185,7 +188,11 @@ impl PodmanExecutor {
                                 ExecutorError::Unavailable { reason, .. } => reason,
                                 other => other.to_string(),
                             };
-                            debug!(socket = %path.display(), source, %reason, "socket did not respond to a ping");
+                            if source == CONFIGURED_SOURCE {
+                                warn!(socket = %path.display(), %reason, "the configured podman socket did not respond to a ping; trying the next one");
+                            } else {
+                                debug!(socket = %path.display(), source, %reason, "socket did not respond to a ping");
+                            }
                             format!("{} ({source}): {reason}", path.display())
                         }
                     }
@@ -280,7 +287,7 @@ fn candidates(
         })?;
         candidates.push(Candidate::Socket {
             path,
-            source: "configured socket",
+            source: CONFIGURED_SOURCE,
         });
     }
 

@@ -673,6 +673,28 @@ async fn configured_socket_is_used() {
         .expect("the test's service exits");
 }
 
+/// A configured socket that nothing listens on is skipped for the next socket that responds,
+/// or for a private service.
+#[tokio::test]
+async fn dead_configured_socket_is_skipped() {
+    require_podman!("dead_configured_socket_is_skipped");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dead = dir.path().join("nobody-listens.sock");
+    let config = PodmanConfig {
+        socket: Some(dead.display().to_string()),
+        ..test_config()
+    };
+
+    let executor = within("connect", PodmanExecutor::connect(config))
+        .await
+        .expect("another socket or a private service responds");
+
+    assert_ne!(executor.socket(), dead);
+    within("ping", executor.ping())
+        .await
+        .expect("the socket in use responds");
+}
+
 /// Starts a container the way a crashed engine would have left it: labelled, not attached.
 fn leftover_container(instance: &str, job_id: u64, command: &str) -> String {
     podman(&[
