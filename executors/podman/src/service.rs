@@ -186,7 +186,7 @@ impl ServiceProcess {
 
     /// Returns the process id of the service.
     pub(crate) fn pid(&self) -> u32 {
-        // Process ids are positive, so the conversion cannot fail.
+        // Process ids are positive, so the absolute value is the id itself.
         self.pid.as_raw().unsigned_abs()
     }
 
@@ -281,7 +281,8 @@ fn keep(mut command: Command, exit: &ExitState, spawned: &mpsc::Sender<io::Resul
             return;
         }
     };
-    let pid = Pid::from_raw(child.id().try_into().unwrap_or(i32::MAX));
+    // Linux process ids are at most 2^22 (the kernel's PID_MAX_LIMIT), so they fit in an i32.
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("a Linux pid fits in i32"));
     let _ = spawned.send(Ok(pid));
 
     // Wait without reaping, so that the pid stays reserved until the flag is set.
