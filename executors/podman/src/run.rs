@@ -81,7 +81,7 @@ pub(crate) async fn run(
     async move {
         let connection = executor.connection().await?;
         let spec = container_spec(&executor.config, prepared, reference, &job)?;
-        let deadline = tokio::time::Instant::now() + job.timeout;
+        let deadline = deadline_after(job.timeout);
         let stop = StopSignals {
             deadline,
             cancel: job.cancel.clone(),
@@ -221,6 +221,16 @@ async fn run_container(
         started_at: Some(started_at),
     })
 }
+
+/// Returns the instant `timeout` from now, or one far in the future for a timeout too large
+/// to add (such as [`Duration::MAX`]), since such a job has no deadline in practice.
+fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE)
+}
+
+/// A span that no job outlives, used for deadlines too large to represent.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// The job's deadline and cancellation token, which end every phase.
 struct StopSignals {
@@ -674,6 +684,9 @@ pub(crate) fn container_spec(
     let limits = &job.limits;
 
     // Later entries win when a name repeats, as in a shell.
+    for (name, value) in &job.env {
+        check_env_var(name, value)?;
+    }
     let env: BTreeMap<String, String> = job.env.iter().cloned().collect();
     let env_names: Vec<&str> = env.keys().map(String::as_str).collect();
     debug!(env = ?env_names, "container environment");
@@ -762,6 +775,27 @@ pub(crate) fn container_spec(
             driver: "k8s-file".to_owned(),
         },
     })
+}
+
+/// Rejects an environment variable that a process environment cannot carry: an empty name, a
+/// name with `=` or NUL, or a value with NUL. The message names the variable but never shows
+/// its value, which may be a secret.
+fn check_env_var(name: &str, value: &str) -> Result<(), ExecutorError> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(runtime_error(
+            "create container",
+            format!(
+                "invalid environment variable name {name:?}: a name must be non-empty and contain no `=` or NUL"
+            ),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(runtime_error(
+            "create container",
+            format!("invalid value of environment variable {name}: it contains a NUL byte"),
+        ));
+    }
+    Ok(())
 }
 
 /// Expresses a CPU limit in cores as a CFS quota per [`CPU_PERIOD_MICROS`].
@@ -951,6 +985,33 @@ mod tests {
     }
 
     #[test]
+    fn spec_rejects_invalid_env_vars() {
+        let cases = [
+            ("", "x", "invalid environment variable name \"\""),
+            ("A=B", "x", "invalid environment variable name \"A=B\""),
+            ("A\0B", "x", "invalid environment variable name \"A\\0B\""),
+            (
+                "TOKEN",
+                "se\0cret",
+                "invalid value of environment variable TOKEN",
+            ),
+        ];
+        for (name, value, expected) in cases {
+            let mut job = job(Limits::default());
+            job.env = vec![(name.to_owned(), value.to_owned())];
+            let error = container_spec(&PodmanConfig::default(), &prepared(), "img", &job)
+                .expect_err("invalid variable");
+            match error {
+                ExecutorError::Runtime { message, .. } => {
+                    assert!(message.starts_with(expected), "message: {message}");
+                    assert!(!message.contains("cret"), "the value leaked: {message}");
+                }
+                other => panic!("expected a runtime error for {name:?}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn spec_rejects_invalid_cpu_limits() {
         for cpus in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let limits = Limits {
@@ -993,6 +1054,24 @@ mod tests {
         let (namespace, networks) = network_namespace("slirp4netns");
         assert_eq!(namespace.nsmode, "slirp4netns");
         assert!(networks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn deadline_of_huge_timeout_is_far_future() {
+        let now = tokio::time::Instant::now();
+        let deadline = deadline_after(Duration::MAX);
+        assert!(
+            deadline >= now + FAR_FUTURE,
+            "deadline {deadline:?}, now {now:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn deadline_of_short_timeout() {
+        let before = tokio::time::Instant::now();
+        let deadline = deadline_after(Duration::from_secs(5));
+        assert!(deadline >= before + Duration::from_secs(5));
+        assert!(deadline <= tokio::time::Instant::now() + Duration::from_secs(5));
     }
 
     #[test]
