@@ -252,7 +252,8 @@ impl StopSignals {
 }
 
 /// A job's container. Dropping it before [`Container::remove`] ran removes the container in a
-/// background task, so a dropped `run` future leaves nothing behind.
+/// background task, so a dropped `run` future leaves nothing behind while the async runtime
+/// keeps running.
 struct Container {
     connection: Connection,
     /// The container id once created; before that, the name it is being created with.
@@ -538,8 +539,8 @@ async fn collect(
     }
 }
 
-/// Adds the agent's stderr so far to an error: Podman writes the OCI runtime's errors into
-/// the attach stream. Reads for at most [`START_ERROR_DRAIN`].
+/// Adds the agent's stderr so far to an error, because Podman can write its own errors into
+/// the stderr part of the attach stream. Reads for at most [`START_ERROR_DRAIN`].
 async fn with_stderr(
     error: ExecutorError,
     output: &mut mpsc::Receiver<OutputItem>,
@@ -674,7 +675,7 @@ fn container_name(job_id: u64) -> String {
 /// # Errors
 ///
 /// [`ExecutorError::Runtime`] when a limit cannot be expressed, such as a CPU limit that is not
-/// a positive number.
+/// a positive number, or an environment variable cannot be passed (see [`check_env_var`]).
 pub(crate) fn container_spec(
     config: &PodmanConfig,
     prepared: &Prepared,
