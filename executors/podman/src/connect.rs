@@ -162,44 +162,23 @@ impl PodmanExecutor {
         )?;
 
         for candidate in candidates {
-            let socket = match candidate {
-                Candidate::Socket { path, source } => {
-                    let connection = Connection::new(path.clone(), None);
-                    match connection.ping().await {
-                        Ok(()) => {
-                            info!(
+            match candidate {
+                Candidate::Skipped { source, reason } => tried.push(format!("{source}: {reason}")),
+                Candidate::Socket { path, source } => match probe(&path, source).await {
+                    Ok(connection) => {
+                        if let Some(runtime) = &config.runtime {
+                            warn!(
                                 executor = EXECUTOR,
                                 socket = %path.display(),
-                                source,
-                                "connected to a podman service"
+                                runtime = %runtime,
+                                "`runtime` applies only to a private service; this service uses its own default runtime"
                             );
-                            if let Some(runtime) = &config.runtime {
-                                warn!(
-                                    executor = EXECUTOR,
-                                    socket = %path.display(),
-                                    runtime = %runtime,
-                                    "`runtime` applies only to a private service; this service uses its own default runtime"
-                                );
-                            }
-                            return Ok(Self::with_connection(config, connection));
                         }
-                        Err(error) => {
-                            let reason = match error {
-                                ExecutorError::Unavailable { reason, .. } => reason,
-                                other => other.to_string(),
-                            };
-                            if source == CONFIGURED_SOURCE {
-                                warn!(socket = %path.display(), %reason, "the configured podman socket did not respond to a ping; trying the next one");
-                            } else {
-                                debug!(socket = %path.display(), source, %reason, "socket did not respond to a ping");
-                            }
-                            format!("{} ({source}): {reason}", path.display())
-                        }
+                        return Ok(Self::with_connection(config, connection));
                     }
-                }
-                Candidate::Skipped { source, reason } => format!("{source}: {reason}"),
-            };
-            tried.push(socket);
+                    Err(reason) => tried.push(format!("{} ({source}): {reason}", path.display())),
+                },
+            }
         }
 
         let connection = start_service(&config, &mut tried).await?;
@@ -325,6 +304,38 @@ fn candidates(
         }
     }
     Ok(candidates)
+}
+
+/// Pings the socket at `path` and returns a connection to it, or why it did not respond.
+async fn probe(path: &Path, source: &'static str) -> Result<Connection, String> {
+    let connection = Connection::new(path.to_path_buf(), None);
+    match connection.ping().await {
+        Ok(()) => {
+            info!(
+                executor = EXECUTOR,
+                socket = %path.display(),
+                source,
+                "connected to a podman service"
+            );
+            Ok(connection)
+        }
+        Err(error) => {
+            let reason = match error {
+                ExecutorError::Unavailable { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            if source == CONFIGURED_SOURCE {
+                warn!(
+                    socket = %path.display(),
+                    %reason,
+                    "the configured podman socket did not respond to a ping; trying the next one"
+                );
+            } else {
+                debug!(socket = %path.display(), source, %reason, "socket did not respond to a ping");
+            }
+            Err(reason)
+        }
+    }
 }
 
 /// Returns the path of a `unix://` URL or a plain absolute or relative path, `None` for any
