@@ -200,7 +200,8 @@ async fn run_timeout_kills_agent() {
     require_podman!("run_timeout_kills_agent");
     let (executor, prepared, instance, _dir) = executor_with_agent(SLEEP_AGENT).await;
     let mut job = job(15, b"");
-    job.timeout = Duration::from_secs(3);
+    // Long enough for the agent to start and print on a loaded machine.
+    job.timeout = Duration::from_secs(8);
 
     let outcome = run(&executor, &prepared, job).await;
 
@@ -340,6 +341,7 @@ async fn run_hardening_visible_in_inspect() {
                   ulimit -n\n\
                   touch /root-write 2>/dev/null && echo root-writable || echo root-read-only\n\
                   echo tmp-ok > /tmp/probe && cat /tmp/probe\n\
+                  touch /tmp/checked\n\
                   sleep 600\n";
     let (executor, prepared, instance, _dir) = executor_with_agent(script).await;
     let executor = Arc::new(executor);
@@ -365,6 +367,16 @@ async fn run_hardening_visible_in_inspect() {
         serde_json::from_str(&podman(&["inspect", &id])).expect("inspect prints JSON");
     let container = &inspect[0];
     let host = &container["HostConfig"];
+    within("the agent's checks", async {
+        while std::process::Command::new("podman")
+            .args(["exec", &id, "test", "-e", "/tmp/checked"])
+            .status()
+            .is_ok_and(|status| !status.success())
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     cancel.cancel();
 
     assert_eq!(host["ReadonlyRootfs"], true);
