@@ -31,9 +31,10 @@ pub(crate) const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Limit on waiting for a killed container's exit code.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// How long to keep reading after a failed start, for the error text Podman writes into the
-/// agent's stderr stream.
-const START_ERROR_DRAIN: Duration = Duration::from_millis(500);
+/// How long to keep reading the attach stream after the agent was killed or failed to start,
+/// for output that was still on its way. The stream ends by itself once the container has
+/// exited, normally within milliseconds.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// First pause between two looks at a container's state while waiting for its exit. The
 /// pause doubles up to [`POLL_MAX_INTERVAL`]: once the output stream has ended, the first look
@@ -177,8 +178,15 @@ async fn run_container(
             return Err(error);
         }
         Err(end) => {
+            // The container may have started before the stop: kill it like a running one.
+            let exit = kill_and_drain(&container, &mut output, capture).await;
             container.remove().await;
-            return Ok(Ran::stopped(end, Some(id)));
+            return Ok(Ran {
+                end,
+                exit,
+                container_id: Some(id),
+                started_at: Some(started_at),
+            });
         }
     }
 
@@ -188,7 +196,6 @@ async fn run_container(
 
     // Collect until the stream ends, the stdout cap is passed, or the job is stopped.
     let collected = collect(&mut output, capture, stop).await;
-    drop(output);
     if collected == Collected::StreamEnded {
         if let Err(error) = reader_result(reader_task).await {
             container.remove().await;
@@ -196,7 +203,7 @@ async fn run_container(
         }
     }
 
-    // Wait for the exit code, or kill the agent.
+    // Wait for the exit code, or kill the agent and keep what it wrote before it died.
     let (end, exit) = match collected {
         Collected::StreamEnded => match stop.until(wait_exit(&container)).await {
             Ok(Ok(code)) => (JobEnd::Exited, ExitStatus::Code(code)),
@@ -208,10 +215,11 @@ async fn run_container(
         },
         Collected::StdoutLimit => (
             JobEnd::StdoutLimit,
-            kill(&container.connection, &container.reference).await,
+            kill_and_drain(&container, &mut output, capture).await,
         ),
-        Collected::Stopped(end) => (end, kill(&container.connection, &container.reference).await),
+        Collected::Stopped(end) => (end, kill_and_drain(&container, &mut output, capture).await),
     };
+    drop(output);
 
     container.remove().await;
     Ok(Ran {
@@ -539,21 +547,48 @@ async fn collect(
     }
 }
 
+/// Kills the agent, then keeps the output it wrote before it died. Returns its exit status.
+async fn kill_and_drain(
+    container: &Container,
+    output: &mut mpsc::Receiver<OutputItem>,
+    capture: &mut OutputCapture,
+) -> ExitStatus {
+    let exit = kill(&container.connection, &container.reference).await;
+    drain(output, capture).await;
+    exit
+}
+
+/// Feeds what is left of the attach stream into `capture`, for at most [`DRAIN_LIMIT`]. Output
+/// past the stdout cap is dropped as always.
+async fn drain(output: &mut mpsc::Receiver<OutputItem>, capture: &mut OutputCapture) {
+    let started = Instant::now();
+    let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+        while let Some(Ok(chunk)) = output.recv().await {
+            match chunk {
+                TtyChunk::StdOut(bytes) => {
+                    capture.push_stdout(&bytes);
+                }
+                TtyChunk::StdErr(bytes) => capture.push_stderr(&bytes),
+                TtyChunk::StdIn(_) => {}
+            }
+        }
+    })
+    .await;
+    debug!(
+        complete = drained.is_ok(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rest of the output read"
+    );
+}
+
 /// Adds the agent's stderr so far to an error, because Podman can write its own errors into
-/// the stderr part of the attach stream. Reads for at most [`START_ERROR_DRAIN`].
+/// the stderr part of the attach stream. Reads for at most [`DRAIN_LIMIT`].
 async fn with_stderr(
     error: ExecutorError,
     output: &mut mpsc::Receiver<OutputItem>,
     capture: &mut OutputCapture,
 ) -> ExecutorError {
-    let _ = tokio::time::timeout(START_ERROR_DRAIN, async {
-        while let Some(Ok(chunk)) = output.recv().await {
-            if let TtyChunk::StdErr(bytes) = chunk {
-                capture.push_stderr(&bytes);
-            }
-        }
-    })
-    .await;
+    drain(output, capture).await;
     let (_, stderr, _) = std::mem::replace(capture, OutputCapture::new(0, 0)).finish();
     let stderr = String::from_utf8_lossy(&stderr);
     let stderr = stderr.trim();
@@ -602,13 +637,18 @@ pub(crate) async fn wait_exit_code(
     }
 }
 
-/// Kills the container and returns its exit status, [`ExitStatus::Unknown`] when Podman does
-/// not report one within [`KILL_WAIT`].
+/// Kills the container and returns its exit status, [`ExitStatus::Unknown`] when it never
+/// started or Podman does not report one within [`KILL_WAIT`].
 pub(crate) async fn kill(connection: &Connection, reference: &str) -> ExitStatus {
     let container = connection.podman.containers().get(reference);
     if let Err(error) = container.send_signal("KILL").await {
-        // A container that exited meanwhile cannot be killed; its exit code is still readable.
+        // Podman kills only running containers. One that exited meanwhile has its exit code
+        // already, and one that never started has none.
         debug!(%error, "killing the container failed");
+        return match libpod::container_state(&connection.socket, reference).await {
+            Ok(state) if state.has_exited() => ExitStatus::Code(state.exit_code),
+            _ => ExitStatus::Unknown,
+        };
     }
     match tokio::time::timeout(KILL_WAIT, wait_exit_code(connection, reference)).await {
         Ok(Ok(code)) => {
