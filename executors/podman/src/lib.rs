@@ -103,7 +103,9 @@ pub struct PodmanConfig {
     pub network: Option<String>,
     /// Idle timeout of a private service in seconds, passed as `--time`, where 0 means none.
     /// The service ends with the engine anyway, so the timeout is a last resort. The backend
-    /// starts a new service when it finds the old one gone. Default 300.
+    /// starts a new service when it finds the old one gone before a job or build, but a request
+    /// fails when the service ends between two requests of one job or build, so keep it well
+    /// above a second. Default 300.
     pub service_idle_secs: u64,
     /// The `podman` program used to start a private service, as a name looked up in `PATH` or
     /// a path. Default `podman`.

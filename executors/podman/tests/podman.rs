@@ -581,8 +581,10 @@ async fn private_service_ends_with_executor() {
 #[tokio::test]
 async fn private_service_restarts_after_idle_timeout() {
     require_podman!("private_service_restarts_after_idle_timeout");
+    // Short, but long enough that the service does not end between two requests of one
+    // prepare or run on a loaded machine.
     let config = PodmanConfig {
-        service_idle_secs: 1,
+        service_idle_secs: 2,
         ..test_config()
     };
     let instance = config.instance.clone();
@@ -651,8 +653,9 @@ async fn configured_socket_is_used() {
         .kill_on_drop(true)
         .spawn()
         .expect("podman system service starts");
+    // The socket file appears before the service accepts connections on it.
     within("the test's service socket", async {
-        while !socket.exists() {
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
