@@ -554,7 +554,11 @@ async fn kill_and_drain(
     capture: &mut OutputCapture,
 ) -> ExitStatus {
     let exit = kill(&container.connection, &container.reference).await;
-    drain(output, capture).await;
+    // Without an exit status the container has not exited (or never started), so its attach
+    // stream does not end and there is nothing to wait for.
+    if exit != ExitStatus::Unknown {
+        drain(output, capture).await;
+    }
     exit
 }
 
