@@ -30,9 +30,9 @@
 //! create, attach and start ahead of demand and the write and collect steps per job.
 //!
 //! Most requests go through the `podman-api` crate. Create, build and the state polls that
-//! read the exit code are plain HTTP requests on the same socket, because the crate cannot set
-//! no-new-privileges, cannot send a prepared tar context, and either discards the exit code
-//! (wait) or computes sizes (inspect). See the `libpod` module.
+//! read the exit code are plain HTTP requests on the same socket instead. The crate cannot set
+//! no-new-privileges or send a prepared tar context, its wait discards the exit code, and its
+//! inspect computes sizes. See the `libpod` module.
 //!
 //! # Known Limitations
 //!
@@ -107,9 +107,9 @@ pub struct PodmanConfig {
     pub network: Option<String>,
     /// Idle timeout of a private service in seconds, passed as `--time`, where 0 means none.
     /// The service ends with the engine anyway, so the timeout is a last resort. The backend
-    /// starts a new service when it finds the old one gone before a job or build, but a request
-    /// fails when the service ends between two requests of one job or build, so keep it well
-    /// above a second. Default 300.
+    /// starts a new service when it finds the old one gone before a job or build. A service
+    /// that ends between two requests of one job or build fails that request, so keep the
+    /// timeout well above a second. Default 300.
     pub service_idle_secs: u64,
     /// The `podman` program used to start a private service, as a name looked up in `PATH` or
     /// a path. Default `podman`.
