@@ -193,8 +193,8 @@ pub fn labelled_containers(instance: &str) -> Vec<String> {
     .collect()
 }
 
-/// Waits until no container carries this engine instance's label; fails the test when some
-/// still do after [`STEP_LIMIT`]. Removal of a dropped job's container runs in the
+/// Waits until no container carries this engine instance's label, and fails the test when
+/// some still do after [`STEP_LIMIT`]. Removal of a dropped job's container runs in the
 /// background, so the check polls.
 pub async fn assert_no_containers(instance: &str) {
     let result = tokio::time::timeout(STEP_LIMIT, async {
