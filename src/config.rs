@@ -25,7 +25,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::backends::{BackendsConfig, DockerConfig, PodmanConfig};
 use crate::package::IntakeLimits;
+
+pub use crate::backends::ExecutorKind;
 
 /// The system-wide configuration file, read when it exists.
 pub const SYSTEM_CONFIG_FILE: &str = "/etc/agentrun/agentrun.toml";
@@ -33,8 +36,9 @@ pub const SYSTEM_CONFIG_FILE: &str = "/etc/agentrun/agentrun.toml";
 pub const ENV_PREFIX: &str = "AGENTRUN_";
 /// `AGENTRUN_*` variables that are not configuration keys, lowercased and without the prefix:
 /// `AGENTRUN_CONFIG` names the configuration file (the twin of `--config`), `AGENTRUN_LOG` sets
-/// the log filter, and `AGENTRUN_REQUIRE_RUNTIMES` belongs to the test suite.
-pub const NON_CONFIG_ENV: &[&str] = &["config", "log", "require_runtimes"];
+/// the log filter, `AGENTRUN_LOG_FORMAT` is the twin of the CLI's `--log-format`, and
+/// `AGENTRUN_REQUIRE_RUNTIMES` belongs to the test suite.
+pub const NON_CONFIG_ENV: &[&str] = &["config", "log", "log_format", "require_runtimes"];
 
 /// Default for [`Config::data_dir`].
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/agentrun";
@@ -94,8 +98,9 @@ pub struct Config {
     /// The subprocess backend.
     pub subprocess: agentrun_subprocess::SubprocessConfig,
     /// The Docker backend.
-    #[cfg(feature = "docker")]
-    pub docker: agentrun_docker::DockerConfig,
+    pub docker: DockerConfig,
+    /// The Podman backend.
+    pub podman: PodmanConfig,
 }
 
 impl Default for Config {
@@ -113,32 +118,8 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: Limits::default(),
             subprocess: agentrun_subprocess::SubprocessConfig::default(),
-            #[cfg(feature = "docker")]
-            docker: agentrun_docker::DockerConfig::default(),
-        }
-    }
-}
-
-/// The backend that runs agents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum ExecutorKind {
-    /// Plain child processes of the service. Not a sandbox.
-    Subprocess,
-    /// Docker Engine containers.
-    Docker,
-    /// Podman containers.
-    Podman,
-}
-
-impl ExecutorKind {
-    /// Returns the name used in configuration and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Subprocess => "subprocess",
-            Self::Docker => "docker",
-            Self::Podman => "podman",
+            docker: DockerConfig::default(),
+            podman: PodmanConfig::default(),
         }
     }
 }
@@ -516,6 +497,15 @@ impl Config {
         Ok(Some(token.to_owned()))
     }
 
+    /// Returns the backend sections, for [`crate::backends::connect`].
+    pub fn backends(&self) -> BackendsConfig {
+        BackendsConfig {
+            subprocess: self.subprocess.clone(),
+            docker: self.docker.clone(),
+            podman: self.podman.clone(),
+        }
+    }
+
     /// Returns the database file: `<data_dir>/agentrun.db`.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("agentrun.db")
@@ -607,6 +597,11 @@ mod tests {
             "docker.host",
             "docker.network",
             "docker.log_driver",
+            "podman.socket",
+            "podman.runtime",
+            "podman.network",
+            "ulimits.nofile",
+            "ulimits.nproc",
         ] {
             let leaf = key.rsplit('.').next().unwrap_or(key);
             if !text.contains(&format!("{leaf} =")) {

@@ -20,7 +20,6 @@
 //! [`Executor::sweep`]: agentrun_executor::Executor::sweep
 
 pub mod api;
-mod backend;
 mod events;
 mod health;
 mod integrations;
@@ -172,7 +171,7 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
             path: config.database_path(),
             source: std::io::Error::other(error),
         })??;
-    let executor = backend::connect(&config).await?;
+    let executor = crate::backends::connect(config.executor, &config.backends()).await?;
     let job_ids = Arc::new(JobIdGenerator::starting_after(store.max_job_id().await?));
     let defaults = DispatchDefaults {
         timeout: config.jobs.timeout(),

@@ -1,0 +1,367 @@
+//! A private `podman system service` that the engine starts, owns and stops.
+//!
+//! When no libpod socket responds, the backend starts `podman system service` on a socket in a
+//! private temporary directory (mode 0700) and talks to it like to any other socket. The engine
+//! owns that process, and it must not outlive the engine:
+//!
+//! - dropping the last [`ServiceProcess`] handle stops it (SIGTERM, then SIGKILL after a grace
+//!   period) and reaps it;
+//! - the child is spawned with `PR_SET_PDEATHSIG` = SIGKILL, so the kernel kills it when the
+//!   engine dies in a way that runs no destructor, such as `kill -9`;
+//! - `--time` gives it an idle timeout as a last resort; the executor starts a new service when
+//!   it finds the old one gone.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process. The
+//! child is therefore spawned from a dedicated keeper thread that lives exactly as long as the
+//! child: it waits for the child's exit and reaps it, and nothing else.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
+use tracing::{debug, info, warn};
+
+use crate::EXECUTOR;
+
+/// How long a stopping service gets to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long to wait for a killed service to be reaped before giving up on it.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Number of trailing bytes of the service's log quoted in error messages.
+const LOG_TAIL_BYTES: u64 = 2048;
+
+/// The command line of a private service.
+#[derive(Clone, Debug)]
+pub(crate) struct ServiceCommand {
+    /// The `podman` program.
+    pub(crate) binary: PathBuf,
+    /// OCI runtime passed as `--runtime`, when set.
+    pub(crate) runtime: Option<String>,
+    /// Idle timeout in seconds, passed as `--time` (0: none).
+    pub(crate) idle_secs: u64,
+}
+
+impl ServiceCommand {
+    /// Returns the command line, for logs and error messages.
+    pub(crate) fn display(&self, socket: &Path) -> String {
+        let mut line = self.binary.display().to_string();
+        for arg in self.args(socket) {
+            line.push(' ');
+            line.push_str(&arg);
+        }
+        line
+    }
+
+    fn args(&self, socket: &Path) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(runtime) = &self.runtime {
+            args.push("--runtime".to_owned());
+            args.push(runtime.clone());
+        }
+        args.extend([
+            "system".to_owned(),
+            "service".to_owned(),
+            "--time".to_owned(),
+            self.idle_secs.to_string(),
+            format!("unix://{}", socket.display()),
+        ]);
+        args
+    }
+}
+
+/// A running `podman system service` child. Dropping it stops the process.
+#[derive(Debug)]
+pub(crate) struct ServiceProcess {
+    pid: Pid,
+    socket: PathBuf,
+    log_path: PathBuf,
+    exit: Arc<ExitState>,
+    keeper: Option<thread::JoinHandle<()>>,
+    /// The private directory with the socket and the log. Declared last so that it is removed
+    /// after the process is gone.
+    _dir: tempfile::TempDir,
+}
+
+/// Whether the child has exited, shared between the keeper thread and the owner.
+///
+/// The flag is set while the exited child is still a zombie, and signals are only sent while
+/// the flag is clear and its lock held, so a signal can never reach a recycled process id.
+#[derive(Debug, Default)]
+struct ExitState {
+    exited: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl ServiceProcess {
+    /// Starts `podman system service` on a socket in a new private directory.
+    ///
+    /// Returns once the process runs. The caller then waits until the socket responds.
+    ///
+    /// # Errors
+    ///
+    /// The directory could not be created or the program could not be started (for example
+    /// because it is not installed).
+    pub(crate) fn start(command: &ServiceCommand) -> io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("agentrun-podman-")
+            .tempdir()?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
+        let socket = dir.path().join("podman.sock");
+        let log_path = dir.path().join("service.log");
+        let log = File::create(&log_path)?;
+
+        let mut child_command = Command::new(&command.binary);
+        child_command
+            .args(command.args(&socket))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+
+        let engine_pid = nix::unistd::getpid();
+        // SAFETY: the closure runs in the forked child before exec, where only
+        // async-signal-safe calls are allowed. It makes two system calls (prctl and getppid)
+        // and builds an io::Error from a raw errno, which does not allocate. It touches no lock
+        // and no memory shared with other threads.
+        unsafe {
+            child_command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                    .map_err(|errno| io::Error::from_raw_os_error(errno as i32))?;
+                // The engine may have died between fork and prctl, in which case the death
+                // signal will never come: give up instead of running unowned.
+                if nix::unistd::getppid() != engine_pid {
+                    return Err(io::Error::from_raw_os_error(
+                        nix::errno::Errno::ESRCH as i32,
+                    ));
+                }
+                Ok(())
+            });
+        }
+
+        let exit = Arc::new(ExitState::default());
+        let (spawned_tx, spawned_rx) = mpsc::channel();
+        let keeper_exit = Arc::clone(&exit);
+        let keeper = thread::Builder::new()
+            .name("podman-service".to_owned())
+            .spawn(move || keep(child_command, &keeper_exit, &spawned_tx))?;
+
+        let pid = match spawned_rx.recv() {
+            Ok(Ok(pid)) => pid,
+            Ok(Err(error)) => {
+                let _ = keeper.join();
+                return Err(error);
+            }
+            Err(_) => {
+                let _ = keeper.join();
+                return Err(io::Error::other("the service keeper thread ended early"));
+            }
+        };
+
+        info!(
+            executor = EXECUTOR,
+            pid = pid.as_raw(),
+            socket = %socket.display(),
+            command = %command.display(&socket),
+            "started a private podman service"
+        );
+        Ok(Self {
+            pid,
+            socket,
+            log_path,
+            exit,
+            keeper: Some(keeper),
+            _dir: dir,
+        })
+    }
+
+    /// Returns the process id of the service.
+    pub(crate) fn pid(&self) -> u32 {
+        // Process ids are positive, so the absolute value is the id itself.
+        self.pid.as_raw().unsigned_abs()
+    }
+
+    /// Returns the path of the service's socket.
+    pub(crate) fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Returns true once the process has exited, for example after its idle timeout.
+    pub(crate) fn has_exited(&self) -> bool {
+        *self
+            .exit
+            .exited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns the end of the service's log, for error messages.
+    pub(crate) fn log_tail(&self) -> String {
+        read_tail(&self.log_path, LOG_TAIL_BYTES).unwrap_or_default()
+    }
+
+    /// Sends `signal` unless the process has already exited.
+    fn signal(&self, signal: Signal) {
+        let exited = self
+            .exit
+            .exited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !*exited {
+            if let Err(error) = kill(self.pid, signal) {
+                debug!(pid = self.pid.as_raw(), %error, "signalling the podman service failed");
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit and returns whether it did.
+    fn wait_exited(&self, limit: Duration) -> bool {
+        let exited = self
+            .exit
+            .exited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (exited, _) = self
+            .exit
+            .changed
+            .wait_timeout_while(exited, limit, |exited| !*exited)
+            .unwrap_or_else(PoisonError::into_inner);
+        *exited
+    }
+}
+
+impl Drop for ServiceProcess {
+    /// Stops the service and reaps it. Blocks the calling thread for as long as that takes:
+    /// a few milliseconds normally, at most [`STOP_GRACE`] plus [`KILL_WAIT`].
+    fn drop(&mut self) {
+        let pid = self.pid.as_raw();
+        if !self.has_exited() {
+            self.signal(Signal::SIGTERM);
+            if !self.wait_exited(STOP_GRACE) {
+                warn!(
+                    executor = EXECUTOR,
+                    pid, "the podman service ignored SIGTERM; killing it"
+                );
+                self.signal(Signal::SIGKILL);
+                self.wait_exited(KILL_WAIT);
+            }
+        }
+        if self.has_exited() {
+            if let Some(keeper) = self.keeper.take() {
+                let _ = keeper.join();
+            }
+            info!(
+                executor = EXECUTOR,
+                pid, "stopped the private podman service"
+            );
+        } else {
+            warn!(
+                executor = EXECUTOR,
+                pid, "the podman service did not exit after SIGKILL"
+            );
+        }
+    }
+}
+
+/// Body of the keeper thread: spawns the child, reports its pid, and waits for its exit.
+fn keep(mut command: Command, exit: &ExitState, spawned: &mpsc::Sender<io::Result<Pid>>) {
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let _ = spawned.send(Err(error));
+            return;
+        }
+    };
+    // Linux process ids are at most 2^22 (the kernel's PID_MAX_LIMIT), so they fit in an i32.
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("a Linux pid fits in i32"));
+    let _ = spawned.send(Ok(pid));
+
+    // Wait without reaping, so that the pid stays reserved until the flag is set.
+    loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(error) => {
+                warn!(pid = pid.as_raw(), %error, "waiting for the podman service failed");
+                break;
+            }
+            Ok(_) => break,
+        }
+    }
+    *exit.exited.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    exit.changed.notify_all();
+
+    match child.wait() {
+        Ok(status) => debug!(pid = pid.as_raw(), %status, "the podman service exited"),
+        Err(error) => warn!(pid = pid.as_raw(), %error, "reaping the podman service failed"),
+    }
+}
+
+/// Reads at most the last `max_bytes` of a file as text.
+fn read_tail(path: &Path, max_bytes: u64) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let length = file.metadata()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(max_bytes)))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_puts_runtime_before_subcommand() {
+        let command = ServiceCommand {
+            binary: PathBuf::from("podman"),
+            runtime: Some("runc".to_owned()),
+            idle_secs: 30,
+        };
+        assert_eq!(
+            command.display(Path::new("/tmp/x/podman.sock")),
+            "podman --runtime runc system service --time 30 unix:///tmp/x/podman.sock"
+        );
+    }
+
+    #[test]
+    fn command_line_without_runtime() {
+        let command = ServiceCommand {
+            binary: PathBuf::from("/usr/bin/podman"),
+            runtime: None,
+            idle_secs: 0,
+        };
+        assert_eq!(
+            command.display(Path::new("/s")),
+            "/usr/bin/podman system service --time 0 unix:///s"
+        );
+    }
+
+    #[test]
+    fn read_tail_keeps_end_of_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("log");
+        fs::write(&path, "0123456789").expect("write");
+        assert_eq!(read_tail(&path, 4).expect("read"), "6789");
+        assert_eq!(read_tail(&path, 100).expect("read"), "0123456789");
+    }
+
+    #[test]
+    fn start_with_missing_binary_fails() {
+        let command = ServiceCommand {
+            binary: PathBuf::from("/nonexistent/podman"),
+            runtime: None,
+            idle_secs: 5,
+        };
+        let error = ServiceProcess::start(&command).expect_err("spawn must fail");
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+}

@@ -1,0 +1,174 @@
+//! `agentrun check`: validate a package without running it, and list every problem.
+
+use agentrun_executor::{Executor, Target};
+use agentrun_subprocess::SubprocessExecutor;
+use serde::Serialize;
+
+use super::output::{error_chain, print_json};
+use super::CheckArgs;
+use crate::dispatcher::Integration;
+use crate::error::{exit_for, Error, Exit, Outcome};
+use crate::manifest::{Manifest, ManifestError};
+use crate::package::{self, IntakeLimits};
+
+/// What `agentrun check --json` prints.
+#[derive(Debug, Default, Serialize)]
+struct CheckReport {
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    digest: Option<String>,
+    fields: Vec<String>,
+    /// The subprocess backend's command line, when the package can run on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subprocess_command: Option<Vec<String>>,
+    problems: Vec<String>,
+    warnings: Vec<String>,
+}
+
+/// Runs `agentrun check` and returns its exit status.
+pub async fn check(args: &CheckArgs) -> Exit {
+    let report = inspect(args).await;
+    if args.json {
+        print_json(&report);
+    } else {
+        print_text(args, &report);
+    }
+    if report.valid {
+        exit_for(Outcome::Done)
+    } else {
+        Exit::InvalidInput
+    }
+}
+
+async fn inspect(args: &CheckArgs) -> CheckReport {
+    let mut report = CheckReport::default();
+
+    let package = match package::open(&args.package, &IntakeLimits::default()) {
+        Ok(package) => package,
+        Err(error) => {
+            report.problems.push(error_chain(&error));
+            return report;
+        }
+    };
+    report.digest = Some(package.digest().to_owned());
+
+    match entrypoint_problem(package.root()) {
+        Ok(None) => {}
+        Ok(Some(problem)) => report.problems.push(problem),
+        Err(error) => report.problems.push(error),
+    }
+
+    let manifest = match Manifest::load(package.root(), package.name_hint()) {
+        Ok(manifest) => manifest,
+        Err(ManifestError::Invalid { origin, problems }) => {
+            report.problems.extend(
+                problems
+                    .iter()
+                    .map(|problem| format!("{origin}: {problem}")),
+            );
+            return report;
+        }
+        Err(error) => {
+            report.problems.push(error_chain(&error));
+            return report;
+        }
+    };
+    report.name = Some(manifest.name.clone());
+    report.fields = manifest
+        .fields
+        .iter()
+        .map(|field| field.name.clone())
+        .collect();
+    let has_run_command = manifest.command().is_some();
+    let integration = Integration::new(
+        manifest,
+        package.root().to_path_buf(),
+        package.digest().to_owned(),
+    );
+    report.agent_id = Some(integration.agent_id.to_string());
+
+    // The subprocess backend maps the Dockerfile back to package files. A package that only
+    // builds in a container (a compiled agent, say) is still valid for Docker and Podman, so
+    // that is a warning unless the manifest asks for a subprocess command explicitly.
+    match subprocess_command(&integration).await {
+        Ok(argv) => report.subprocess_command = Some(argv),
+        Err(error) if has_run_command => report.problems.push(error_chain(&error)),
+        Err(error) => report.warnings.push(format!(
+            "the subprocess executor cannot run this package (Docker and Podman can): {}",
+            error_chain(&error)
+        )),
+    }
+
+    report.valid = report.problems.is_empty();
+    report
+}
+
+async fn subprocess_command(integration: &Integration) -> Result<Vec<String>, Error> {
+    // Preparing on the subprocess backend only reads files and starts nothing.
+    let prepared = SubprocessExecutor::default()
+        .prepare(&integration.package_spec())
+        .await?;
+    match prepared.target {
+        Target::Command { argv, .. } => Ok(argv),
+        Target::Image { reference } => Ok(vec![reference]),
+    }
+}
+
+/// Returns a problem when the Dockerfile names no agent: it has neither `ENTRYPOINT` nor `CMD`.
+fn entrypoint_problem(root: &std::path::Path) -> Result<Option<String>, String> {
+    let path = root.join("Dockerfile");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|error| format!("reading {} failed: {error}", path.display()))?;
+    let has_command = text.lines().any(|line| {
+        let word = line.split_whitespace().next().unwrap_or_default();
+        word.eq_ignore_ascii_case("ENTRYPOINT") || word.eq_ignore_ascii_case("CMD")
+    });
+    if has_command {
+        Ok(None)
+    } else {
+        Ok(Some(format!(
+            "{} has no ENTRYPOINT: add one in exec form that starts the agent, such as \
+             ENTRYPOINT [\"python3\", \"/app/agent.py\"]",
+            path.display()
+        )))
+    }
+}
+
+fn print_text(args: &CheckArgs, report: &CheckReport) {
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if !report.valid {
+        eprintln!(
+            "error: {} has {} problem{}:",
+            args.package.display(),
+            report.problems.len(),
+            if report.problems.len() == 1 { "" } else { "s" }
+        );
+        for problem in &report.problems {
+            eprintln!("  - {}", problem.replace('\n', "\n    "));
+        }
+        return;
+    }
+
+    println!("{} is valid", args.package.display());
+    if let Some(name) = &report.name {
+        println!("  name:     {name}");
+    }
+    if let Some(agent_id) = &report.agent_id {
+        println!("  agentID:  {agent_id}");
+    }
+    if let Some(digest) = &report.digest {
+        println!("  digest:   {digest}");
+    }
+    if !report.fields.is_empty() {
+        println!("  fields:   {}", report.fields.join(", "));
+    }
+    if let Some(argv) = &report.subprocess_command {
+        println!("  command:  {}", shell_words::join(argv));
+    }
+}

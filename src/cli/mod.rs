@@ -1,0 +1,312 @@
+//! The `agentrun` command line: argument definitions and one function per subcommand.
+//!
+//! `main.rs` parses the arguments, sets up logging and calls [`execute`]. Each subcommand lives in
+//! its own module and returns an [`Exit`] status, so that the mapping from results to exit
+//! statuses stays in [`crate::error::exit_for`].
+
+mod build;
+mod check;
+mod describe;
+mod load;
+mod output;
+mod run;
+mod serve;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use agentrun_executor::CancellationToken;
+
+use crate::backends::{self, BackendsConfig, ExecutorKind};
+use crate::dispatcher::{DispatchDefaults, Dispatcher};
+use crate::error::{Error, Exit};
+
+pub use load::{load_package, LoadedPackage};
+
+/// Runs security-analytics integrations ("agents") on a subprocess, Docker or Podman.
+///
+/// An integration is a folder or a .zip with a Dockerfile whose ENTRYPOINT is the agent, and an
+/// optional integration.toml manifest. Exit status: 0 success; 1 the agent reported failure;
+/// 2 invalid input; 3 no valid reply (timeout, crash, malformed reply); 4 executor unavailable.
+#[derive(Debug, Parser)]
+#[command(name = "agentrun", version, max_term_width = 100)]
+pub struct Cli {
+    /// Options for every subcommand.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    /// The subcommand to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options for every subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Log more: -v for lifecycle events, -vv for each step, -vvv for everything.
+    /// RUST_LOG, when set, takes precedence.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Format of log lines on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "AGENTRUN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// Format of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an agent once with a work message and print its popup message.
+    Run(RunArgs),
+    /// Send the agent a describe message and report whether it answers with a heartbeat.
+    Describe(DescribeArgs),
+    /// Validate a package and its manifest, and list every problem.
+    Check(CheckArgs),
+    /// Prepare a package on an executor (build its image) and print the image tag or command.
+    Build(BuildArgs),
+    /// Run the service: the HTTP API, the job queue and health checks, configured by
+    /// /etc/agentrun/agentrun.toml, the user's file, --config and AGENTRUN_* variables.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `agentrun serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file, read after /etc/agentrun/agentrun.toml and
+    /// $XDG_CONFIG_HOME/agentrun/agentrun.toml and before AGENTRUN_* variables; it must exist.
+    #[arg(long, env = "AGENTRUN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration, print it (the token redacted) and exit: 0 when valid, 2 when
+    /// not.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// The package and the executor to run it on.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// Integration package: a folder or a .zip with a Dockerfile at its top level or in its
+    /// single top-level folder.
+    #[arg(value_name = "PACKAGE")]
+    pub package: PathBuf,
+
+    /// Backend that runs the agent.
+    #[arg(short = 'x', long, default_value = "subprocess", env = "AGENTRUN_EXECUTOR",
+          value_parser = parse_executor)]
+    pub executor: ExecutorKind,
+
+    /// Network mode of the agent's container, such as none or host (Docker and Podman only).
+    /// Default: the runtime's default network.
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
+}
+
+/// Arguments of `agentrun run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The package and executor.
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Value of a form field, replacing its prefill. Repeat for each field.
+    #[arg(short, long = "set", value_name = "FIELD=VALUE", value_parser = parse_pair)]
+    pub set: Vec<(String, String)>,
+
+    /// Value of a SIFT-* keyword for prefills: the keyword without SIFT-, in lowercase, such as
+    /// user-name=alice@example.com or selected-node-id=n42. Repeat for each keyword.
+    #[arg(short, long = "context", value_name = "KEY=VALUE")]
+    pub context: Vec<String>,
+
+    /// Environment variable for the agent, replacing the manifest's value. Repeat for each.
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub env: Vec<(String, String)>,
+
+    /// Deadline for the job in seconds (fractions allowed). Default: the manifest's
+    /// [run] timeout_secs, else 60.
+    #[arg(short, long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+
+    /// Print one JSON object with the job's result instead of the popup message.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `agentrun describe`.
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// The package and executor.
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Environment variable for the agent, replacing the manifest's value. Repeat for each.
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub env: Vec<(String, String)>,
+
+    /// Deadline for the health check in seconds. Default: the manifest's, else 60.
+    #[arg(short, long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+
+    /// Print one JSON object with the health report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `agentrun check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Integration package: a folder or a .zip.
+    #[arg(value_name = "PACKAGE")]
+    pub package: PathBuf,
+
+    /// Print one JSON object with the findings.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `agentrun build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The package and executor.
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Print one JSON object with the prepared target.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the parsed command line and returns the exit status.
+pub async fn execute(cli: Cli) -> Exit {
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Describe(args) => describe::describe(args).await,
+        Command::Check(args) => check::check(&args).await,
+        Command::Build(args) => build::build(args).await,
+        Command::Serve(args) => serve::serve(args).await,
+    }
+}
+
+/// Connects the chosen backend and wraps it in a dispatcher with the command line's settings.
+async fn connect_dispatcher(target: &TargetArgs) -> Result<Dispatcher, Error> {
+    let executor = backends::connect(target.executor, &BackendsConfig::default()).await?;
+    let mut defaults = DispatchDefaults::default();
+    defaults.limits.network.clone_from(&target.network);
+    Ok(Dispatcher::with_defaults(executor, defaults))
+}
+
+/// Cancels `cancel` on Ctrl-C or SIGTERM until the returned guard is dropped, so that an
+/// interrupted run kills its agent (and removes its container) before the process exits.
+fn cancel_on_interrupt(cancel: CancellationToken) -> AbortOnDrop {
+    let task = tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminate => {}
+        }
+        tracing::warn!("interrupted: cancelling the job");
+        cancel.cancel();
+    });
+    AbortOnDrop(task)
+}
+
+/// Aborts a background task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn parse_executor(text: &str) -> Result<ExecutorKind, String> {
+    text.parse()
+}
+
+/// Splits `KEY=VALUE` at the first `=`; the value may contain further `=` signs.
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some(("", _)) => Err(format!("missing name before \"=\" in {text:?}")),
+        Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
+        None => Err(format!("expected NAME=VALUE, got {text:?}")),
+    }
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.trim().parse().map_err(|_| {
+        format!("invalid timeout {text:?}: expected a number of seconds, such as 30 or 0.5")
+    })?;
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(format!(
+            "invalid timeout {text:?}: expected more than 0 and at most 86400 seconds"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_pair_keeps_equals_in_value() {
+        assert_eq!(
+            parse_pair("url=http://h/?a=b"),
+            Ok(("url".to_owned(), "http://h/?a=b".to_owned()))
+        );
+        assert_eq!(
+            parse_pair("empty="),
+            Ok(("empty".to_owned(), String::new()))
+        );
+    }
+
+    #[test]
+    fn parse_pair_rejects_missing_parts() {
+        assert_eq!(
+            parse_pair("message"),
+            Err("expected NAME=VALUE, got \"message\"".to_owned())
+        );
+        assert_eq!(
+            parse_pair("=value"),
+            Err("missing name before \"=\" in \"=value\"".to_owned())
+        );
+    }
+
+    #[test]
+    fn parse_timeout_accepts_fractions() {
+        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("30"), Ok(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn parse_timeout_rejects_out_of_range() {
+        for text in ["0", "-1", "nan", "inf", "86401", "soon"] {
+            assert!(parse_timeout(text).is_err(), "{text} was accepted");
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
