@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
 
 /// Timeout of one HTTP request, including `?wait=true` ones.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -635,11 +636,26 @@ pub fn docker_available() -> bool {
     answers
 }
 
-/// Returns the ids of containers carrying `label=value`.
+/// Returns the ids of containers carrying `label=value`, in any state.
 pub fn labelled_containers(label: &str, value: &str) -> Vec<String> {
+    docker_ps(&["-aq", "--filter", &format!("label={label}={value}")])
+}
+
+/// Returns the ids of running containers carrying `label=value`.
+pub fn running_containers(label: &str, value: &str) -> Vec<String> {
+    docker_ps(&[
+        "-q",
+        "--filter",
+        &format!("label={label}={value}"),
+        "--filter",
+        "status=running",
+    ])
+}
+
+fn docker_ps(args: &[&str]) -> Vec<String> {
     let output = Command::new("docker")
-        .args(["ps", "-aq", "--filter"])
-        .arg(format!("label={label}={value}"))
+        .arg("ps")
+        .args(args)
         .output()
         .expect("run docker ps");
     String::from_utf8_lossy(&output.stdout)
@@ -647,4 +663,180 @@ pub fn labelled_containers(label: &str, value: &str) -> Vec<String> {
         .map(str::to_owned)
         .filter(|line| !line.is_empty())
         .collect()
+}
+
+/// The Slack example end to end: register, actions, form with keywords, job against a local
+/// webhook, result; no env value appears in any response or log line.
+pub async fn slack_end_to_end(config: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let webhook = Webhook::start().await;
+    let secret = format!("secret-{}", uuid::Uuid::new_v4().simple());
+    let hook_url = format!("{}/services/T000/{secret}", webhook.base_url);
+    let mut service = ServiceProcess::start(dir.path(), config, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+
+    // Register with a manifest part that carries the webhook URL as env.
+    let manifest_toml =
+        std::fs::read_to_string(workspace_root().join("examples/slack/integration.toml"))
+            .expect("read the Slack manifest");
+    let mut manifest: Value = toml::from_str::<toml::Value>(&manifest_toml)
+        .map(|value| serde_json::to_value(value).expect("TOML to JSON"))
+        .expect("Slack manifest parses");
+    manifest["env"] = json!({ "url": hook_url });
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    manifest.to_string().into_bytes(),
+                ),
+                ("package", "application/zip", slack_zip()),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let created = response.json();
+    assert_eq!(created["name"], "Slack");
+    assert_eq!(created["env"], json!(["url"]));
+    let agent_id = created["agent_id"].as_str().expect("agent_id").to_owned();
+    assert_eq!(agent_id, "f2fe62ed-03c8-5f57-a801-e8322d208e7d");
+    let ready = wait_integration_ready(&client, &agent_id).await;
+    // The first health check runs right after the build.
+    assert_eq!(ready["manifest"]["env"], Value::Null, "{ready}");
+
+    // Actions for collaborate/report list it; canvas/nodes does not.
+    let actions = client
+        .get("/v1/actions?section=collaborate&section_element=report")
+        .await
+        .json();
+    let names: Vec<&str> = actions["actions"]
+        .as_array()
+        .expect("actions list")
+        .iter()
+        .filter_map(|action| action["name"].as_str())
+        .collect();
+    assert_eq!(names, ["Slack"]);
+    let canvas = client
+        .get("/v1/actions?section=canvas&section_element=nodes")
+        .await
+        .json();
+    assert_eq!(canvas["actions"], json!([]));
+
+    // The form has SIFT-USER-NAME and the report keywords substituted.
+    let context = json!({
+        "user-name": "alice@example.com",
+        "report-name": "Q3 incident",
+        "report-url": "https://sift.example/r/42"
+    });
+    let form = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/form"),
+            &json!({ "context": context }),
+        )
+        .await;
+    assert_eq!(form.status, 200, "{}", form.text());
+    let form = form.json();
+    assert_eq!(
+        form["fields"][0]["value"],
+        "alice@example.com shared the report Q3 incident: https://sift.example/r/42"
+    );
+    assert_eq!(form["fields"][0]["name"], "message");
+
+    // A job with the prefilled message, waited for.
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs?wait=true"),
+            &json!({ "values": {}, "context": context }),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let job = response.json();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["status"], "succeeded");
+    assert_eq!(job["result"]["message"], "Message sent to Slack.");
+    assert_eq!(job["result"]["return_code"], 0);
+    let job_id = job["job_id"].as_u64().expect("job_id");
+    assert_eq!(job["result"]["job_id"].as_u64(), Some(job_id));
+
+    let requests = webhook.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].0, format!("/services/T000/{secret}"));
+    let posted: Value = serde_json::from_str(&requests[0].1).expect("webhook body is JSON");
+    assert_eq!(
+        posted["text"],
+        "alice@example.com shared the report Q3 incident: https://sift.example/r/42"
+    );
+
+    // The job reads back the same, and lists under its integration.
+    let shown = client.get(&format!("/v1/jobs/{job_id}")).await.json();
+    assert_eq!(shown["result"], job["result"]);
+    let listed = client
+        .get(&format!("/v1/jobs?integration={agent_id}&state=succeeded"))
+        .await
+        .json();
+    assert_eq!(listed["jobs"][0]["job_id"].as_u64(), Some(job_id));
+
+    // An env update returns names only.
+    let second_secret = format!("token-{}", uuid::Uuid::new_v4().simple());
+    let patched = client
+        .json(
+            "PATCH",
+            &format!("/v1/integrations/{agent_id}/env"),
+            &json!({ "API_TOKEN": second_secret }),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(patched.json()["env"], json!(["url", "API_TOKEN"]));
+
+    // Health, metrics and the whole integration listing, then the secrets check.
+    let health = client
+        .request(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/describe"),
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(health.status, 200, "{}", health.text());
+    assert_eq!(health.json()["health"]["healthy"], true);
+    let metrics = client.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .text()
+            .contains("agentrun_jobs{integration=\"Slack\",state=\"succeeded\"} 1"),
+        "{}",
+        metrics.text()
+    );
+    client.get("/v1/integrations").await;
+    client.get(&format!("/v1/integrations/{agent_id}")).await;
+
+    service.signal(libc::SIGTERM);
+    let status = service.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{}", service.logs());
+
+    let transcript = client.transcript.text();
+    let logs = service.logs();
+    for value in [&secret, &second_secret] {
+        assert!(
+            !transcript.contains(value.as_str()),
+            "an API response contains an env value"
+        );
+        assert!(
+            !logs.contains(value.as_str()),
+            "the service log contains an env value"
+        );
+    }
+    assert!(logs.contains("job finished"), "{logs}");
+}
+
+/// Returns the Slack example zipped.
+pub fn slack_zip() -> Vec<u8> {
+    zip_folder(&workspace_root().join("examples/slack"))
 }
