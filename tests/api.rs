@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use harness::{
     shell_manifest, shell_package, slack_zip, wait_integration_ready, wait_job_final,
-    wait_job_running, zip_folder, Address, Client, ServiceProcess, Webhook,
+    wait_job_running, zip_folder, Address, Client, ServiceProcess,
 };
 use serde_json::{json, Value};
 
