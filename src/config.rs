@@ -380,7 +380,7 @@ impl Config {
         let figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(NON_CONFIG_ENV).split("__"));
 
         let config: Config = figment.extract().map_err(|error| ConfigError::Parse {
-            messages: error.into_iter().map(|error| error.to_string()).collect(),
+            messages: figment_messages(error),
         })?;
         config.validate()?;
         Ok(config)
@@ -396,7 +396,7 @@ impl Config {
             .merge(Toml::string(text))
             .extract()
             .map_err(|error| ConfigError::Parse {
-                messages: error.into_iter().map(|error| error.to_string()).collect(),
+                messages: figment_messages(error),
             })?;
         config.validate()?;
         Ok(config)
@@ -538,6 +538,19 @@ impl Config {
         }
         toml::to_string(&shown)
     }
+}
+
+/// Returns one message per figment error, without the profile name figment puts before file
+/// keys (`default.jobs.x` becomes `jobs.x`).
+fn figment_messages(error: figment::Error) -> Vec<String> {
+    error
+        .into_iter()
+        .map(|error| {
+            error
+                .to_string()
+                .replace("for key \"default.", "for key \"")
+        })
+        .collect()
 }
 
 fn invalid(key: &'static str, rule: String) -> ConfigError {
