@@ -38,6 +38,7 @@ use std::time::Duration;
 use agentrun_executor::{CancellationToken, Executor, ExecutorError};
 use tokio_util::task::TaskTracker;
 
+pub use keys::CREDENTIAL_NAME;
 pub use logging::init_logging;
 
 use crate::config::{Config, ConfigError};
