@@ -34,9 +34,9 @@ pub use crate::backends::ExecutorKind;
 pub const SYSTEM_CONFIG_FILE: &str = "/etc/agentrun/agentrun.toml";
 /// Prefix of the environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "AGENTRUN_";
-/// `AGENTRUN_*` variables that are not configuration keys, lowercased and without the prefix:
-/// `AGENTRUN_CONFIG` names the configuration file (the twin of `--config`), `AGENTRUN_LOG` sets
-/// the log filter, `AGENTRUN_LOG_FORMAT` is the twin of the CLI's `--log-format`, and
+/// `AGENTRUN_*` variables that are not configuration keys, lowercased and without the prefix.
+/// `AGENTRUN_CONFIG` names the configuration file (the twin of `--config`). `AGENTRUN_LOG` sets
+/// the log filter, and `AGENTRUN_LOG_FORMAT` is the twin of the CLI's `--log-format`.
 /// `AGENTRUN_REQUIRE_RUNTIMES` belongs to the test suite.
 pub const NON_CONFIG_ENV: &[&str] = &["config", "log", "log_format", "require_runtimes"];
 
@@ -64,7 +64,7 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 300;
 /// Default for [`HealthConfig::timeout_secs`].
 pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 10;
-/// Longest job or health-check deadline the configuration accepts, in seconds (one day).
+/// Maximum job or health-check deadline the configuration accepts, in seconds (one day).
 pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 
 /// The service configuration. See the [module documentation](self) for where values come from.
@@ -79,7 +79,7 @@ pub struct Config {
     /// Seconds that running jobs get to finish after SIGTERM or SIGINT before they are
     /// cancelled. Default 30.
     pub shutdown_grace_secs: u64,
-    /// Where the API listens.
+    /// Listener addresses of the API.
     pub listen: ListenConfig,
     /// The worker pool and job defaults.
     pub jobs: JobsConfig,
@@ -171,7 +171,7 @@ pub struct JobsConfig {
     pub stderr_tail_lines: usize,
     /// Maximum number of queued jobs; a submission past it gets 503. Default 100,000.
     pub max_queued: u64,
-    /// Longest time a `?wait=true` request waits for its job, in seconds; after it the request
+    /// Maximum time a `?wait=true` request waits for its job, in seconds. After it the request
     /// returns 202 with the job id. Default 120.
     pub wait_timeout_secs: u64,
 }
@@ -205,7 +205,7 @@ impl JobsConfig {
 pub struct ApiConfig {
     /// Maximum size of a JSON request body, in bytes; larger bodies get 413. Default 1 MiB.
     pub max_body_bytes: usize,
-    /// Longest time one request may take, in seconds, uploads and `?wait=true` included; a
+    /// Maximum time one request may take, in seconds, uploads and `?wait=true` included. A
     /// slower request gets 408. Default 300.
     pub request_timeout_secs: u64,
 }
@@ -282,7 +282,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where [`Config::load`] reads files from.
+/// The files that [`Config::load`] reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigPaths {
     /// The system-wide file, skipped when missing.
@@ -310,7 +310,7 @@ impl ConfigPaths {
     }
 }
 
-/// Why the configuration could not be loaded.
+/// A failure to load the configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -417,6 +417,8 @@ impl Config {
                 ),
             ));
         }
+
+        // Listeners and the token.
         if self.listen.unix.as_os_str().is_empty() && self.listen.tcp.is_none() {
             return Err(invalid(
                 "listen",
@@ -449,6 +451,8 @@ impl Config {
                 ));
             }
         }
+
+        // Limits and deadlines.
         check_at_least_one("jobs.concurrency", self.jobs.concurrency)?;
         check_at_least_one("jobs.per_integration", self.jobs.per_integration)?;
         check_timeout("jobs.timeout_secs", self.jobs.timeout_secs)?;
@@ -458,6 +462,7 @@ impl Config {
         check_at_least_one("api.max_body_bytes", self.api.max_body_bytes)?;
         check_at_least_one("api.request_timeout_secs", self.api.request_timeout_secs)?;
         check_at_least_one("intake.max_archive_bytes", self.intake.max_archive_bytes)?;
+
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(invalid(
                 "log.filter",
@@ -532,11 +537,11 @@ impl Config {
     ///
     /// When TOML cannot represent a value, which the types here rule out.
     pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {
-        let mut shown = self.clone();
-        if shown.listen.token.is_some() {
-            shown.listen.token = Some("<redacted>".to_owned());
+        let mut redacted = self.clone();
+        if redacted.listen.token.is_some() {
+            redacted.listen.token = Some("<redacted>".to_owned());
         }
-        toml::to_string(&shown)
+        toml::to_string(&redacted)
     }
 }
 

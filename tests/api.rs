@@ -340,7 +340,7 @@ async fn tcp_requires_bearer_token() {
     );
 }
 
-/// TCP without a token stops start-up with a message that says why.
+/// TCP without a token stops start-up with a message that gives the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_without_token_refuses_to_start() {
     let dir = tempfile::tempdir().expect("temp dir");

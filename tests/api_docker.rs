@@ -1,5 +1,5 @@
 //! End-to-end tests of the HTTP API on the Docker executor. They skip, printing why, when the
-//! engine at `DOCKER_HOST` does not answer, and fail instead when `AGENTRUN_REQUIRE_RUNTIMES`
+//! engine at `DOCKER_HOST` does not respond, and fail instead when `AGENTRUN_REQUIRE_RUNTIMES`
 //! lists `docker`.
 
 #[path = "common/service.rs"]

@@ -73,8 +73,8 @@ fn document_lists_the_promised_routes() {
     }
 }
 
-/// Each documented operation is routed and answers with a documented status; each other
-/// method on a documented path gets 405.
+/// Each documented operation is routed and returns a documented status. Each other method
+/// on a documented path gets 405.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_serves_exactly_the_documented_operations() {
     let dir = tempfile::tempdir().expect("temp dir");

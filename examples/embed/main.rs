@@ -46,7 +46,7 @@ async fn run(package: PathBuf, kind: ExecutorKind) -> Result<(), Box<dyn std::er
     let integration = loaded.integration;
     let prepared = dispatcher.prepare(&integration).await?;
 
-    // A health check: the agent answers `describe` with a heartbeat.
+    // A health check: the agent replies to `describe` with a heartbeat.
     let health = dispatcher
         .describe(&integration, &prepared, DescribeOptions::default())
         .await?;

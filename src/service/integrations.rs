@@ -349,7 +349,7 @@ fn resolve_manifest(
 }
 
 /// Moves an unpacked package to `packages/<agent_id>/<digest>` and returns that path. An
-/// existing folder with the same digest holds the same files, so it is kept.
+/// existing folder with the same digest contains the same files, so it is kept.
 fn place(service: &Service, agent_id: Uuid, unpacked: &Unpacked) -> Result<PathBuf, ApiError> {
     let parent = service.config.packages_dir().join(agent_id.to_string());
     let destination = parent.join(&unpacked.digest);

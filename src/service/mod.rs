@@ -7,8 +7,9 @@
 //!    executor, bind the listeners, then send `READY=1` to the service manager.
 //! 2. Recovery, in the background while the API already accepts requests: each job that the
 //!    store records as `running` is handed to [`Executor::recover`]. A recovered outcome
-//!    completes the job through the dispatcher's reply parsing; a job whose agent cannot be
-//!    recovered becomes `interrupted` and is never run again, since agents have side effects.
+//!    completes the job through the dispatcher's reply parsing. A job whose agent cannot be
+//!    recovered becomes `interrupted` and is never run again, because agents have side
+//!    effects.
 //!    Then [`Executor::sweep`] removes containers that no job owns, and only then does the worker
 //!    pool start, so the sweep cannot remove a container of a new job.
 //! 3. Running: the pool runs queued jobs; health checks run on an interval.
@@ -46,11 +47,11 @@ use crate::dispatcher::{DispatchDefaults, Dispatcher};
 use crate::protocol::JobIdGenerator;
 use crate::store::{SecretsError, Store, StoreError};
 
-/// Longest time the service waits for cancelled jobs to record their end, after the grace
+/// Maximum time the service waits for cancelled jobs to record their end, after the grace
 /// period, before it exits anyway.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
 
-/// Why the service could not start or stopped with an error.
+/// A failure to start the service.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
@@ -71,7 +72,7 @@ pub enum ServiceError {
     /// The secrets key could not be read or created.
     #[error("{operation} {} failed", path.display())]
     KeyFile {
-        /// What was attempted.
+        /// The attempted operation.
         operation: &'static str,
         /// The key file.
         path: PathBuf,

@@ -303,7 +303,7 @@ fn failure(state: JobState, error: String) -> JobFinish {
     }
 }
 
-/// Replaces the generic cancellation text with the reason this service knows.
+/// Replaces the generic cancellation text with the reason recorded for the job.
 fn apply_cancel_reason(mut finish: JobFinish, reason: Option<CancelReason>) -> JobFinish {
     let Some(reason) = reason else {
         return finish;

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 /// Timeout of one HTTP request, including `?wait=true` ones.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest wait for the service to answer `/healthz` after start.
+/// Maximum wait for the service to respond on `/healthz` after start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a request goes.
@@ -171,7 +171,7 @@ impl Client {
         self.request("DELETE", path, None, Vec::new()).await
     }
 
-    /// A request with a JSON body.
+    /// Sends a request with a JSON body.
     pub async fn json(&self, method: &str, path: &str, body: &serde_json::Value) -> Response {
         self.request(
             method,
@@ -182,7 +182,7 @@ impl Client {
         .await
     }
 
-    /// A multipart request with the given parts: `(name, content type, bytes)`.
+    /// Sends a multipart request with the given parts: `(name, content type, bytes)`.
     pub async fn multipart(
         &self,
         method: &str,
@@ -405,7 +405,7 @@ impl ServiceProcess {
         Client::new(Address::Unix(self.socket.clone()))
     }
 
-    /// Waits until `/healthz` answers 200, failing with the log when the process exits first.
+    /// Waits until `/healthz` returns 200, failing with the log when the process exits first.
     pub async fn wait_ready(&mut self) {
         let started = Instant::now();
         loop {
@@ -610,7 +610,7 @@ pub async fn wait_job_running(client: &Client, job_id: u64) {
     .await;
 }
 
-/// Returns true when the Docker engine at `DOCKER_HOST` answers. Prints why a test skips, and
+/// Returns true when the Docker engine at `DOCKER_HOST` responds. Prints why a test skips, and
 /// panics instead when `AGENTRUN_REQUIRE_RUNTIMES` lists `docker`.
 pub fn docker_available() -> bool {
     let required = std::env::var("AGENTRUN_REQUIRE_RUNTIMES")
@@ -618,22 +618,22 @@ pub fn docker_available() -> bool {
         .split(',')
         .any(|name| name.trim() == "docker");
     let host = std::env::var("DOCKER_HOST").unwrap_or_default();
-    let answers = !host.is_empty()
+    let responds = !host.is_empty()
         && Command::new("docker")
             .args(["version", "--format", "{{.Server.Version}}"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|status| status.success());
-    if !answers {
-        let reason = format!("the Docker engine at DOCKER_HOST={host:?} does not answer");
+    if !responds {
+        let reason = format!("the Docker engine at DOCKER_HOST={host:?} does not respond");
         assert!(
             !required,
             "{reason}, and AGENTRUN_REQUIRE_RUNTIMES lists docker"
         );
         eprintln!("skipping: {reason}");
     }
-    answers
+    responds
 }
 
 /// Returns the ids of containers carrying `label=value`, in any state.
@@ -665,8 +665,8 @@ fn docker_ps(args: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// The Slack example end to end: register, actions, form with keywords, job against a local
-/// webhook, result; no env value appears in any response or log line.
+/// Runs the Slack example end to end: register, actions, form with keywords, a job against a
+/// local webhook and its result. No env value may appear in any response or log line.
 pub async fn slack_end_to_end(config: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let webhook = Webhook::start().await;
