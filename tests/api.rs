@@ -613,3 +613,146 @@ fn free_port() -> u16 {
         .expect("local address")
         .port()
 }
+
+/// Replacing a package keeps the agentID and env and rebuilds; a new name is rejected; deleting
+/// removes the integration and cancels its queued jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_and_delete_integration() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+    let agent_id = register_shell(&client, dir.path(), "Sleeper", json!({ "KEPT": "x" })).await;
+    let before = client
+        .get(&format!("/v1/integrations/{agent_id}"))
+        .await
+        .json();
+
+    // A changed package under the same name in another case.
+    let package = dir.path().join("replacement");
+    shell_package(&package);
+    std::fs::write(package.join("notes.txt"), "changed").expect("write");
+    let mut manifest = shell_manifest("SLEEPER");
+    manifest["env"] = json!({ "ADDED": "y" });
+    let response = client
+        .multipart(
+            "PUT",
+            &format!("/v1/integrations/{agent_id}/package"),
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    manifest.to_string().into_bytes(),
+                ),
+                ("package", "application/zip", zip_folder(&package)),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let after = wait_integration_ready(&client, &agent_id).await;
+    assert_ne!(after["digest"], before["digest"]);
+    assert_eq!(after["name"], "SLEEPER");
+    assert_eq!(after["env"], json!(["KEPT", "ADDED"]));
+    let job_id = submit(&client, &agent_id, json!({})).await;
+    let job = wait_job_final(&client, job_id, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+
+    // Another name is not a replacement.
+    let response = client
+        .multipart(
+            "PUT",
+            &format!("/v1/integrations/{agent_id}/package"),
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    shell_manifest("Other").to_string().into_bytes(),
+                ),
+                ("package", "application/zip", zip_folder(&package)),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    assert_eq!(response.json()["error"], "name_changed");
+
+    // Delete with a job queued behind a running one.
+    let running = submit(&client, &agent_id, json!({ "sleep": "300" })).await;
+    wait_job_running(&client, running).await;
+    let response = client.delete(&format!("/v1/integrations/{agent_id}")).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let missing = client.get(&format!("/v1/integrations/{agent_id}")).await;
+    assert_eq!(missing.status, 404);
+    let job = wait_job_final(&client, running, Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    let folder = dir.path().join("data/packages").join(&agent_id);
+    harness::wait_for(
+        "the package folder to go",
+        Duration::from_secs(60),
+        || async { (!folder.exists()).then_some(()) },
+    )
+    .await;
+}
+
+/// A package that cannot run on the executor ends `failed` with the build error, is left out of
+/// the actions and takes no jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_build_is_visible() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+
+    // A shell-form ENTRYPOINT cannot be mapped to a command by the subprocess backend.
+    let package = dir.path().join("shell-form");
+    std::fs::create_dir_all(&package).expect("mkdir");
+    std::fs::write(
+        package.join("Dockerfile"),
+        "FROM scratch\nENTRYPOINT /bin/agent\n",
+    )
+    .expect("write");
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    shell_manifest("Broken").to_string().into_bytes(),
+                ),
+                ("package", "application/zip", zip_folder(&package)),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let agent_id = response.json()["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+
+    let failed = harness::wait_for("the build to fail", Duration::from_secs(60), || async {
+        let body = client
+            .get(&format!("/v1/integrations/{agent_id}"))
+            .await
+            .json();
+        (body["state"] == "failed").then_some(body)
+    })
+    .await;
+    assert!(
+        failed["build_error"]
+            .as_str()
+            .is_some_and(|error| !error.is_empty()),
+        "{failed}"
+    );
+    let actions = client.get("/v1/actions?section=canvas").await.json();
+    assert_eq!(actions["actions"], json!([]));
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status, 409, "{}", response.text());
+    assert_eq!(response.json()["error"], "integration_failed");
+}

@@ -255,7 +255,7 @@ fn spawn_build(service: &Arc<Service>, record: IntegrationRecord, previous: Opti
                 }
                 Err(error) => tracing::warn!(elapsed_ms, error = %error, "package build failed"),
             }
-            let ready = outcome.is_ok();
+            let build_error = outcome.as_ref().err().cloned();
             let current = match service
                 .store
                 .finish_build(record.agent_id, record.digest.clone(), outcome)
@@ -267,7 +267,11 @@ fn spawn_build(service: &Arc<Service>, record: IntegrationRecord, previous: Opti
                     return;
                 }
             };
-            if !current || !ready {
+            if !current {
+                return;
+            }
+            if let Some(error) = build_error {
+                fail_waiting_jobs(&service, record.agent_id, &error).await;
                 return;
             }
             service.pool.wake();
@@ -280,6 +284,26 @@ fn spawn_build(service: &Arc<Service>, record: IntegrationRecord, previous: Opti
         },
         span,
     ));
+}
+
+/// Ends the jobs that were queued for a package whose build failed, since they could only run
+/// after a successful replacement of the package.
+async fn fail_waiting_jobs(service: &Service, agent_id: Uuid, build_error: &str) {
+    let message =
+        format!("the integration's package build failed, so the job cannot run: {build_error}");
+    match service.store.fail_queued_jobs(agent_id, message).await {
+        Ok(ids) => {
+            if !ids.is_empty() {
+                tracing::warn!(agent_id = %agent_id, jobs = ids.len(), "queued jobs failed with the build");
+            }
+            for id in ids {
+                service.events.send_finished(id);
+            }
+        }
+        Err(error) => {
+            tracing::error!(agent_id = %agent_id, error = %error, "failing the queued jobs of a failed build failed");
+        }
+    }
 }
 
 /// Unpacks an uploaded zip into a new incoming folder under `packages/`.
@@ -318,6 +342,10 @@ async fn unpack(service: &Service, zip: &Path) -> Result<Unpacked, ApiError> {
 
 /// Picks the manifest: the `manifest` part, else the package's `integration.toml`, else
 /// `fallback`.
+///
+/// NOTE: `[env]` values from a package's own `integration.toml` are stored encrypted like all
+/// env values, but the file itself stays in the unpacked package (and in an image whose
+/// Dockerfile copies it). Send secrets in the `manifest` part or with `PATCH …/env` instead.
 fn resolve_manifest(
     part: Option<&[u8]>,
     root: &Path,

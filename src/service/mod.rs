@@ -278,6 +278,10 @@ async fn shutdown(
     }
 
     servers.finish(Duration::from_secs(5)).await;
+    let socket = &service.config.listen.unix;
+    if !socket.as_os_str().is_empty() {
+        let _ = std::fs::remove_file(socket);
+    }
     service.tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), service.tasks.wait())
         .await

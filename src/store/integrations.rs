@@ -68,8 +68,8 @@ pub struct NewIntegration {
     pub package_root: PathBuf,
 }
 
-/// A stored integration, with its env decrypted.
-#[derive(Clone, Debug)]
+/// A stored integration, with its env decrypted. Its `Debug` output lists env names only.
+#[derive(Clone)]
 pub struct IntegrationRecord {
     /// The agentID.
     pub agent_id: Uuid,
@@ -95,6 +95,25 @@ pub struct IntegrationRecord {
     pub updated_ms: i64,
     /// The last health check, if any ran.
     pub health: Option<HealthRecord>,
+}
+
+impl std::fmt::Debug for IntegrationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntegrationRecord")
+            .field("agent_id", &self.agent_id)
+            .field("name", &self.name)
+            .field("manifest", &self.manifest)
+            .field("digest", &self.digest)
+            .field("package_root", &self.package_root)
+            .field("state", &self.state)
+            .field("build_error", &self.build_error)
+            .field("prepared", &self.prepared)
+            .field("env", &self.env_keys())
+            .field("created_ms", &self.created_ms)
+            .field("updated_ms", &self.updated_ms)
+            .field("health", &self.health)
+            .finish()
+    }
 }
 
 impl IntegrationRecord {

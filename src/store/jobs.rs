@@ -514,6 +514,51 @@ impl Store {
         .await
     }
 
+    /// Ends every queued job of an integration as `error` with `message`, for a package whose
+    /// build failed. Returns the ids of those jobs.
+    ///
+    /// # Errors
+    ///
+    /// Database failures.
+    pub async fn fail_queued_jobs(
+        &self,
+        agent_id: Uuid,
+        message: String,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.call(move |connection, _| {
+            let transaction = connection
+                .transaction()
+                .map_err(StoreError::sqlite("failing queued jobs"))?;
+            let ids: Vec<i64> = {
+                let mut statement = transaction
+                    .prepare_cached(
+                        "SELECT id FROM jobs WHERE agent_id = ?1 AND state = 'queued' ORDER BY id",
+                    )
+                    .map_err(StoreError::sqlite("failing queued jobs"))?;
+                let rows = statement
+                    .query_map([agent_id.to_string()], |row| row.get(0))
+                    .map_err(StoreError::sqlite("failing queued jobs"))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(StoreError::sqlite("failing queued jobs"))?
+            };
+            transaction
+                .execute(
+                    "UPDATE jobs SET state = 'error', error = ?2, finished_ms = ?3 \
+                     WHERE agent_id = ?1 AND state = 'queued'",
+                    params![agent_id.to_string(), message, now_ms()],
+                )
+                .map_err(StoreError::sqlite("failing queued jobs"))?;
+            transaction
+                .commit()
+                .map_err(StoreError::sqlite("failing queued jobs"))?;
+            Ok(ids
+                .into_iter()
+                .filter_map(|id| u64::try_from(id).ok())
+                .collect())
+        })
+        .await
+    }
+
     /// Returns every job in state `running`, oldest first: after a restart, the jobs a previous
     /// process left behind.
     ///

@@ -569,3 +569,49 @@ async fn health_is_recorded() {
     assert_eq!(health.checked_ms, 5);
     assert_eq!(health.report["error"], "no heartbeat");
 }
+
+#[tokio::test]
+async fn fail_queued_jobs_ends_only_queued() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), &key());
+    ready(&store, "a").await;
+    ready(&store, "b").await;
+    store.insert_job(new_job(1, "a"), 10).await.expect("insert");
+    store.insert_job(new_job(2, "a"), 10).await.expect("insert");
+    store.insert_job(new_job(3, "b"), 10).await.expect("insert");
+    store
+        .claim_jobs(ClaimLimits {
+            free: 1,
+            per_integration: 1,
+            running: HashMap::new(),
+        })
+        .await
+        .expect("claim job 1");
+
+    let failed = store
+        .fail_queued_jobs(agent_id_for("a"), "build failed".to_owned())
+        .await
+        .expect("fail queued");
+    assert_eq!(failed, [2]);
+    let job = store.job(2).await.expect("get").expect("exists");
+    assert_eq!(job.state, JobState::Error);
+    assert_eq!(job.error.as_deref(), Some("build failed"));
+    let running = store.job(1).await.expect("get").expect("exists");
+    assert_eq!(running.state, JobState::Running);
+    let other = store.job(3).await.expect("get").expect("exists");
+    assert_eq!(other.state, JobState::Queued);
+}
+
+/// The `Debug` output of a record never shows env values.
+#[tokio::test]
+async fn record_debug_hides_env_values() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), &key());
+    let record = store
+        .insert_integration(new_integration("Slack"))
+        .await
+        .expect("insert");
+    let text = format!("{record:?}");
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("url"), "{text}");
+}

@@ -1,7 +1,6 @@
 //! Handlers for `/v1/integrations`, `/v1/actions`, forms and health.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
@@ -11,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError};
@@ -111,7 +111,8 @@ async fn read_upload(
                     .suffix(".zip")
                     .tempfile_in(service.config().temp_dir())
                     .map_err(|error| ApiError::internal(&error))?;
-                let (mut file, path) = file.into_parts();
+                let (file, path) = file.into_parts();
+                let mut file = tokio::fs::File::from_std(file);
                 let mut written: u64 = 0;
                 while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                     written += chunk.len() as u64;
@@ -121,12 +122,13 @@ async fn read_upload(
                              (intake.max_archive_bytes)"
                         )));
                     }
-                    // Small synchronous writes to a local file; the chunks are at most a few
-                    // hundred kilobytes.
                     file.write_all(&chunk)
+                        .await
                         .map_err(|error| ApiError::internal(&error))?;
                 }
-                file.flush().map_err(|error| ApiError::internal(&error))?;
+                file.flush()
+                    .await
+                    .map_err(|error| ApiError::internal(&error))?;
                 package = Some(path);
             }
             "manifest" | "package" => {
