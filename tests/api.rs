@@ -382,6 +382,12 @@ async fn cancel_running_job_kills_agent() {
     })
     .await;
 
+    let marker = format!("RUN_LOG={}", run_log.display());
+    assert!(
+        !harness::processes_with_env(&marker).is_empty(),
+        "the running agent is not found by its environment"
+    );
+
     let started = std::time::Instant::now();
     let response = client.delete(&format!("/v1/jobs/{job_id}")).await;
     assert_eq!(response.status, 200, "{}", response.text());
@@ -399,6 +405,16 @@ async fn cancel_running_job_kills_agent() {
         started.elapsed() < Duration::from_secs(60),
         "the agent was not killed"
     );
+    harness::wait_for(
+        "the agent's processes to end",
+        Duration::from_secs(10),
+        || async {
+            harness::processes_with_env(&marker)
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
 
     // A finished job cannot be cancelled again; a queued one is cancelled at once.
     let again = client.delete(&format!("/v1/jobs/{job_id}")).await;
@@ -755,4 +771,70 @@ async fn failed_build_is_visible() {
         .await;
     assert_eq!(response.status, 409, "{}", response.text());
     assert_eq!(response.json()["error"], "integration_failed");
+}
+
+/// Health checks run on the interval; an integration whose check fails is flagged in the
+/// actions list with its last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_integration_is_flagged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = "executor = \"subprocess\"\n[health]\ninterval_secs = 1\n";
+    let mut service = ServiceProcess::start(dir.path(), config, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+    let healthy = register_shell(&client, dir.path(), "Healthy", json!({})).await;
+    let sick = register_shell(&client, dir.path(), "Sick", json!({ "FAIL_DESCRIBE": "1" })).await;
+
+    // The periodic checks run again after the first one.
+    let first = harness::wait_for("a first check", Duration::from_secs(30), || async {
+        let body = client
+            .get(&format!("/v1/integrations/{healthy}/health"))
+            .await
+            .json();
+        body["health"]["checked_at"].as_str().map(str::to_owned)
+    })
+    .await;
+    harness::wait_for("a later check", Duration::from_secs(30), || async {
+        let body = client
+            .get(&format!("/v1/integrations/{healthy}/health"))
+            .await
+            .json();
+        body["health"]["checked_at"]
+            .as_str()
+            .filter(|checked| *checked != first)
+            .map(str::to_owned)
+    })
+    .await;
+
+    let response = client
+        .request(
+            "POST",
+            &format!("/v1/integrations/{sick}/describe"),
+            None,
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let health = response.json();
+    assert_eq!(health["health"]["healthy"], false, "{health}");
+
+    let actions = client
+        .get("/v1/actions?section=canvas&section_element=nodes")
+        .await
+        .json();
+    let list = actions["actions"].as_array().expect("actions");
+    let sick_action = list
+        .iter()
+        .find(|action| action["name"] == "Sick")
+        .expect("the unhealthy integration is still listed");
+    assert_eq!(sick_action["healthy"], false);
+    let error = sick_action["health_error"].as_str().unwrap_or("");
+    assert!(error.contains("exit code 3"), "{sick_action}");
+    assert!(error.contains("describe fails on request"), "{sick_action}");
+    let healthy_action = list
+        .iter()
+        .find(|action| action["name"] == "Healthy")
+        .expect("the healthy integration is listed");
+    assert_eq!(healthy_action["healthy"], true);
+    assert_eq!(healthy_action["health_error"], Value::Null);
 }

@@ -283,11 +283,13 @@ pub fn workspace_root() -> PathBuf {
 /// Shell agent for the tests, run by `/bin/sh` on the subprocess backend and by busybox in a
 /// container. It replies with a heartbeat to `describe`. For `work` it appends its job id to
 /// `$RUN_LOG` when set, sleeps for the `sleep` field's seconds, and replies with
-/// `done <job id>`.
+/// `done <job id>`. With `$FAIL_DESCRIBE` set it fails every health check.
 pub const SHELL_AGENT: &str = r#"#!/bin/sh
 read -r line || true
 case "$line" in
-  *'"type":"describe"'*) echo '{"type":"heartbeat"}'; exit 0 ;;
+  *'"type":"describe"'*)
+    if [ -n "$FAIL_DESCRIBE" ]; then echo "shell agent: describe fails on request" >&2; exit 3; fi
+    echo '{"type":"heartbeat"}'; exit 0 ;;
 esac
 id=$(printf '%s' "$line" | sed -n 's/.*"job_id":\([0-9]*\).*/\1/p')
 seconds=$(printf '%s' "$line" | sed -n 's/.*"name":"sleep","value":"\([0-9]*\)".*/\1/p')
@@ -608,6 +610,31 @@ pub async fn wait_job_running(client: &Client, job_id: u64) {
         (body["state"] == "running").then_some(())
     })
     .await;
+}
+
+/// Returns the ids of processes whose environment contains `NAME=value` (`entry`).
+pub fn processes_with_env(entry: &str) -> Vec<u32> {
+    let needle = format!("{entry}\0");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for process in entries.flatten() {
+        let Ok(pid) = process.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // Processes that end meanwhile, or belong to others, cannot be read: skip them.
+        let Ok(environ) = std::fs::read(process.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes())
+        {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 /// Returns true when the Docker engine at `DOCKER_HOST` responds. Prints why a test skips, and
