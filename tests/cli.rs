@@ -166,7 +166,7 @@ fn run_slack_prefill_from_context() {
     );
 }
 
-/// A webhook that answers 500 makes the agent report failure: exit 1 with its message.
+/// A webhook that responds with 500 makes the agent report failure: exit 1 with its message.
 #[test]
 fn run_slack_server_error_exits_1() {
     let webhook = Webhook::start(500, "internal error");

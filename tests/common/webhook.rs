@@ -1,5 +1,5 @@
-//! A small HTTP server on loopback that stands in for a webhook such as Slack's: it records each
-//! request and answers every one with a fixed status.
+//! A small HTTP server on loopback in place of a webhook such as Slack's: it records each
+//! request and responds to every one with a fixed status.
 //!
 //! It reads one request per connection (headers, then `Content-Length` bytes of body) and
 //! closes the connection after its response, which is all that Python's `urllib` needs.
@@ -52,8 +52,8 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Starts a server on `127.0.0.1` at a free port that answers every request with `status`
-    /// and `body` as plain text.
+    /// Starts a server on `127.0.0.1` at a free port that responds to every request with
+    /// `status` and `body` as plain text.
     ///
     /// # Panics
     ///
