@@ -1,0 +1,979 @@
+//! End-to-end tests of the `agentrun` binary: output, exit statuses, the examples against a
+//! local webhook, zips, and the Docker and Podman backends through the command line.
+//!
+//! Exit statuses: 0 success, 1 the agent reported failure, 2 invalid input, 3 no valid reply,
+//! 4 executor unavailable.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use agentrun::backends::ExecutorKind;
+use serde_json::{json, Value};
+use zip::write::SimpleFileOptions;
+use zip::ZipWriter;
+
+use common::runtimes::runtime_available;
+use common::testagent::write_testagent_package;
+use common::webhook::Webhook;
+
+/// Limit on one run of the binary. A cold image build on a busy machine takes a while.
+const CLI_TIMEOUT: Duration = Duration::from_secs(600);
+/// A message with quotes, backslashes, newlines and non-ASCII text, which must reach the
+/// webhook as the same text inside valid JSON.
+const TRICKY_MESSAGE: &str = "Report \"Q3\" by O'Brien:\n\tpath C:\\temp\\x\nGrüße, 世界 ✓ 🚀";
+
+// ---- Subprocess: output and the examples -------------------------------------------------------
+
+/// `run examples/echo` prints the popup message, with the context filled into the prefill.
+#[test]
+fn run_echo_prints_reply() {
+    let output = agentrun(&["run"])
+        .arg(example("echo"))
+        .args(["--context", "user-name=alice@example.com"])
+        .run();
+
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "Hello from alice@example.com\n");
+    assert_eq!(output.stderr, "");
+}
+
+/// `run --json` prints one object with every documented field.
+#[test]
+fn run_echo_json_has_every_field() {
+    let output = agentrun(&["run", "--json"])
+        .arg(example("echo"))
+        .args(["--set", "message=hi there"])
+        .run();
+
+    output.assert_exit(0);
+    let result = output.stdout_json();
+    for field in [
+        "job_id",
+        "status",
+        "return_code",
+        "exit_code",
+        "message",
+        "url",
+        "url_label",
+        "duration_ms",
+        "reply",
+    ] {
+        assert!(
+            result.get(field).is_some(),
+            "field {field} missing: {result}"
+        );
+    }
+    assert!(result["job_id"].is_u64(), "job_id: {}", result["job_id"]);
+    assert_eq!(result["status"], "succeeded");
+    assert_eq!(result["return_code"], 0);
+    assert_eq!(result["exit_code"], 0);
+    assert_eq!(result["message"], "hi there");
+    assert_eq!(result["url"], Value::Null);
+    assert_eq!(result["url_label"], Value::Null);
+    assert!(result["duration_ms"].is_u64(), "{}", result["duration_ms"]);
+    assert_eq!(result["reply"]["type"], "info");
+    assert_eq!(result["reply"]["job_id"], result["job_id"]);
+    assert_eq!(result["reply"]["payload"]["message"], "hi there");
+    assert_eq!(result["error"], Value::Null);
+}
+
+/// A keyword without a context value becomes empty, with a warning on stderr.
+#[test]
+fn run_echo_warns_missing_keyword() {
+    let output = agentrun(&["run"]).arg(example("echo")).run();
+
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "Hello from \n");
+    assert_contains(
+        &output.stderr,
+        "warning: field \"message\": SIFT-USER-NAME has no value",
+    );
+}
+
+/// `describe` on the subprocess executor reports a heartbeat.
+#[test]
+fn describe_echo_healthy() {
+    let output = agentrun(&["describe"]).arg(example("echo")).run();
+
+    output.assert_exit(0);
+    assert_contains(&output.stdout, "Echo is healthy: heartbeat in ");
+}
+
+/// `check` accepts the examples and prints what it found.
+#[test]
+fn check_examples_valid() {
+    for name in ["echo", "slack"] {
+        let output = agentrun(&["check"]).arg(example(name)).run();
+
+        output.assert_exit(0);
+        assert_contains(&output.stdout, "is valid");
+        assert_contains(&output.stdout, "fields:   message");
+    }
+}
+
+/// The Slack example posts `{"text": …}` as valid JSON, whatever the message contains.
+#[test]
+fn run_slack_posts_json() {
+    let webhook = Webhook::start(200, "ok");
+    let output = agentrun(&["run"])
+        .arg(example("slack"))
+        .arg("--set")
+        .arg(format!("message={TRICKY_MESSAGE}"))
+        .arg("--env")
+        .arg(format!("url={}", webhook.url("/services/T000/B000")))
+        .args(["--context", "user-name=alice@example.com"])
+        .run();
+
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "Message sent to Slack.\n");
+    assert_slack_post(
+        &webhook.next_request(),
+        "/services/T000/B000",
+        TRICKY_MESSAGE,
+    );
+}
+
+/// The Slack example's prefill takes the user and report from the context.
+#[test]
+fn run_slack_prefill_from_context() {
+    let webhook = Webhook::start(200, "ok");
+    let output = agentrun(&["run"])
+        .arg(example("slack"))
+        .arg("--env")
+        .arg(format!("url={}", webhook.url("/hook")))
+        .args([
+            "--context",
+            "user-name=alice@example.com",
+            "--context",
+            "report-name=Q3 \"draft\"",
+            "--context",
+            "report-url=https://sift.example/reports/42",
+        ])
+        .run();
+
+    output.assert_exit(0);
+    assert_slack_post(
+        &webhook.next_request(),
+        "/hook",
+        "alice@example.com shared the report Q3 \"draft\": https://sift.example/reports/42",
+    );
+}
+
+/// A webhook that responds with 500 makes the agent report failure: exit 1 with its message.
+#[test]
+fn run_slack_server_error_exits_1() {
+    let webhook = Webhook::start(500, "internal error");
+    let output = agentrun(&["run"])
+        .arg(example("slack"))
+        .args(["--set", "message=hello"])
+        .arg("--env")
+        .arg(format!("url={}", webhook.url("/hook")))
+        .args(["--context", "user-name=alice@example.com"])
+        .run();
+
+    output.assert_exit(1);
+    assert_eq!(
+        output.stdout,
+        "Slack rejected the message: HTTP 500 internal error\n"
+    );
+    assert_contains(
+        &output.stderr,
+        "error: the agent reported failure (return_code 1)",
+    );
+    assert_slack_post(&webhook.next_request(), "/hook", "hello");
+}
+
+// ---- Exit status 2: invalid input --------------------------------------------------------------
+
+/// A package path that does not exist is invalid input.
+#[test]
+fn missing_package_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let missing = dir.path().join("no-such-package");
+    let output = agentrun(&["run"]).arg(&missing).run();
+
+    output.assert_exit(2);
+    assert_contains(
+        &output.stderr,
+        &format!("package {} does not exist", missing.display()),
+    );
+}
+
+/// A `--set` without `=` is rejected by the argument parser.
+#[test]
+fn set_without_equals_exits_2() {
+    let output = agentrun(&["run"])
+        .arg(example("echo"))
+        .args(["--set", "message"])
+        .run();
+
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "expected NAME=VALUE, got \"message\"");
+}
+
+/// A `--set` for a field the manifest does not have is rejected, naming the known fields.
+#[test]
+fn set_unknown_field_exits_2() {
+    let output = agentrun(&["run"])
+        .arg(example("echo"))
+        .args(["--set", "colour=red"])
+        .run();
+
+    output.assert_exit(2);
+    assert_contains(
+        &output.stderr,
+        "unknown field \"colour\"; known fields: message",
+    );
+}
+
+/// An unknown context key is rejected, listing the valid keys.
+#[test]
+fn unknown_context_key_exits_2() {
+    let output = agentrun(&["run"])
+        .arg(example("echo"))
+        .args(["--context", "user-email=alice@example.com"])
+        .run();
+
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "unknown context key \"user-email\"");
+    assert_contains(&output.stderr, "user-name");
+}
+
+/// A manifest that breaks several rules is rejected with every problem listed.
+#[test]
+fn bad_manifest_lists_every_problem() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = bad_package(dir.path());
+    let output = agentrun(&["run"]).arg(&package).run();
+
+    output.assert_exit(2);
+    for problem in BAD_MANIFEST_PROBLEMS {
+        assert_contains(&output.stderr, problem);
+    }
+}
+
+/// An unknown manifest key is rejected, naming the key and the allowed keys.
+#[test]
+fn manifest_unknown_key_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_manifest(dir.path(), "name = \"Echo\"\ncolour = \"red\"\n");
+    let output = agentrun(&["run"]).arg(&package).run();
+
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "unknown field `colour`");
+    assert_contains(&output.stderr, "expected one of `name`");
+}
+
+/// `check` lists every problem of a bad package, the Dockerfile's included.
+#[test]
+fn check_lists_every_problem() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = bad_package(dir.path());
+    let output = agentrun(&["check"]).arg(&package).run();
+
+    output.assert_exit(2);
+    assert_contains(
+        &output.stderr,
+        &format!(
+            "{} has {} problems:",
+            package.display(),
+            BAD_MANIFEST_PROBLEMS.len() + 1
+        ),
+    );
+    assert_contains(&output.stderr, "Dockerfile has no ENTRYPOINT");
+    for problem in BAD_MANIFEST_PROBLEMS {
+        assert_contains(&output.stderr, problem);
+    }
+}
+
+/// A select value that is not one of the options is rejected, naming the options.
+#[test]
+fn select_value_not_in_options_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"level\"\n\
+                    label = \"Level\"\n\
+                    ui_element = \"select\"\n\
+                    options = [{ label = \"High\", value = \"high\" }, { label = \"Low\", value = \"low\" }]\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["run"])
+        .arg(&package)
+        .args(["--set", "level=medium"])
+        .run();
+
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "field \"level\" must be one of: high, low");
+}
+
+/// A value that does not match the field's regex is rejected with its validation message.
+#[test]
+fn regex_mismatch_shows_validation_message() {
+    let output = agentrun(&["run"])
+        .arg(example("slack"))
+        .args(["--set", "message=  \n "])
+        .run();
+
+    output.assert_exit(2);
+    assert_contains(
+        &output.stderr,
+        "field \"message\": Write a message to send to Slack.",
+    );
+}
+
+// ---- Exit statuses 3 and 4 ---------------------------------------------------------------------
+
+/// An agent that crashes without a reply: exit 3 with its exit code and stderr.
+#[test]
+fn crashing_agent_exits_3() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("testagent");
+    write_testagent_package(&package);
+    let output = agentrun(&["run"])
+        .arg(&package)
+        .args(["--env", "TESTAGENT_CASE=crash"])
+        .run();
+
+    output.assert_exit(3);
+    assert_contains(
+        &output.stderr,
+        "agent exited with exit code 3 without a reply",
+    );
+    assert_contains(&output.stderr, "testagent: crashing on purpose");
+}
+
+/// An agent that never exits is killed at the deadline: exit 3.
+#[test]
+fn hanging_agent_times_out_exits_3() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("testagent");
+    write_testagent_package(&package);
+    let output = agentrun(&["run"])
+        .arg(&package)
+        .args(["--env", "TESTAGENT_CASE=hang", "--timeout", "1"])
+        .run();
+
+    output.assert_exit(3);
+    assert_contains(
+        &output.stderr,
+        "agent did not finish within 1 s and was killed",
+    );
+}
+
+/// A Docker engine that cannot be reached: exit 4, naming the address tried.
+#[test]
+fn unreachable_docker_exits_4() {
+    let output = agentrun(&["run", "--executor", "docker"])
+        .arg(example("echo"))
+        .env("DOCKER_HOST", "unix:///nonexistent")
+        .run();
+
+    output.assert_exit(4);
+    assert_contains(
+        &output.stderr,
+        "docker is unavailable at unix:///nonexistent",
+    );
+}
+
+// ---- Zips --------------------------------------------------------------------------------------
+
+/// A zipped package, as `zip -r echo.zip echo` makes it, runs like the folder.
+#[test]
+fn run_zipped_echo() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let mut entries = Vec::new();
+    for name in ["Dockerfile", "agent.py", "integration.toml"] {
+        let content = fs::read(example("echo").join(name)).expect("reading the echo example");
+        entries.push(ZipEntry::File(format!("echo/{name}"), content));
+    }
+    let archive = write_zip(&dir.path().join("echo.zip"), &entries);
+    let unpack_dir = empty_dir(&dir.path().join("tmp"));
+
+    let output = agentrun(&["run"])
+        .arg(&archive)
+        .args(["--context", "user-name=alice@example.com"])
+        .env("TMPDIR", &unpack_dir)
+        .run();
+
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "Hello from alice@example.com\n");
+    assert_empty_dir(&unpack_dir);
+}
+
+/// Malicious and malformed zips are rejected with exit 2 and leave no files behind.
+#[test]
+fn malicious_zips_exit_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let escape_target = dir.path().join("escaped.txt");
+    let dockerfile = ZipEntry::File(
+        "pkg/Dockerfile".to_owned(),
+        b"FROM python:3.11-slim\nENTRYPOINT [\"python3\"]\n".to_vec(),
+    );
+    let payload = b"written outside the package".to_vec();
+    let cases: Vec<(&str, Vec<ZipEntry>, String)> = vec![
+        (
+            "parent components",
+            vec![
+                dockerfile.clone(),
+                ZipEntry::File("pkg/../../../escaped.txt".to_owned(), payload.clone()),
+            ],
+            "has a `..` component".to_owned(),
+        ),
+        (
+            "absolute path",
+            vec![
+                dockerfile.clone(),
+                ZipEntry::File(escape_target.display().to_string(), payload.clone()),
+            ],
+            "is an absolute path".to_owned(),
+        ),
+        (
+            "backslash path",
+            vec![
+                dockerfile.clone(),
+                ZipEntry::File("pkg\\..\\..\\escaped.txt".to_owned(), payload.clone()),
+            ],
+            "contains a backslash".to_owned(),
+        ),
+        (
+            "symbolic link",
+            vec![
+                dockerfile.clone(),
+                ZipEntry::Symlink("pkg/passwd".to_owned(), "/etc/passwd".to_owned()),
+            ],
+            "zip entry \"pkg/passwd\" is a symbolic link".to_owned(),
+        ),
+        (
+            "zip bomb",
+            vec![
+                dockerfile.clone(),
+                ZipEntry::File("pkg/zeros.bin".to_owned(), vec![0; 16 * 1024 * 1024]),
+            ],
+            "that marks a zip bomb".to_owned(),
+        ),
+        (
+            "two top-level folders",
+            vec![
+                dockerfile.clone(),
+                ZipEntry::File("other/Dockerfile".to_owned(), b"FROM scratch\n".to_vec()),
+            ],
+            "found 2 top-level entries: \"other/\", \"pkg/\", and no Dockerfile".to_owned(),
+        ),
+    ];
+
+    for (kind, entries, expected) in cases {
+        let archive = write_zip(&dir.path().join("malicious.zip"), &entries);
+        let unpack_dir = empty_dir(&dir.path().join("tmp"));
+
+        let output = agentrun(&["run"])
+            .arg(&archive)
+            .env("TMPDIR", &unpack_dir)
+            .run();
+
+        assert_eq!(output.code, Some(2), "{kind}: {output:#?}");
+        assert_contains(&output.stderr, &expected);
+        assert_empty_dir(&unpack_dir);
+        assert!(
+            !escape_target.exists(),
+            "{kind}: a file escaped the package"
+        );
+    }
+
+    // A zip cut short, as an interrupted upload leaves it.
+    let archive = write_zip(&dir.path().join("truncated.zip"), &[dockerfile]);
+    let bytes = fs::read(&archive).expect("reading the zip");
+    fs::write(&archive, &bytes[..bytes.len() / 2]).expect("truncating the zip");
+    let unpack_dir = empty_dir(&dir.path().join("tmp"));
+    let output = agentrun(&["run"])
+        .arg(&archive)
+        .env("TMPDIR", &unpack_dir)
+        .run();
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "is not a valid zip archive");
+    assert_empty_dir(&unpack_dir);
+}
+
+// ---- Docker and Podman -------------------------------------------------------------------------
+
+/// Docker: build prints the tag and caches, and the Slack example runs and is healthy.
+#[test]
+fn docker_build_run_describe_slack() {
+    if !runtime_available(ExecutorKind::Docker, "docker_build_run_describe_slack") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = unique_slack_copy(dir.path());
+    let steps = container_steps(ExecutorKind::Docker, &package, &[]);
+
+    assert_no_container_of(ExecutorKind::Docker, &steps.tag);
+}
+
+/// Podman: as for Docker, and no `podman system service` that agentrun started is left.
+#[test]
+fn podman_build_run_describe_slack() {
+    if !runtime_available(ExecutorKind::Podman, "podman_build_run_describe_slack") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = unique_slack_copy(dir.path());
+    // The private service's socket lives in a folder under TMPDIR, so a service process whose
+    // command line names this folder was started by these runs.
+    let tmp = empty_dir(&dir.path().join("tmp"));
+    let services_before = podman_services();
+
+    let steps = container_steps(ExecutorKind::Podman, &package, &[("TMPDIR", tmp.as_path())]);
+
+    let started: HashSet<u32> = steps
+        .outputs
+        .iter()
+        .flat_map(|output| started_service_pids(&output.stderr))
+        .collect();
+    // Each run starts a private service unless a standing one responds (CONTAINER_HOST or
+    // the standard socket), and then there is no service of agentrun's to look for.
+    if started.is_empty() {
+        eprintln!("podman_build_run_describe_slack: a standing podman service was used");
+    }
+    for pid in &started {
+        assert!(
+            !podman_services().contains(pid),
+            "the podman service {pid} that agentrun started is still running"
+        );
+    }
+    let tmp_text = tmp.display().to_string();
+    let left: Vec<u32> = podman_services()
+        .into_iter()
+        .filter(|pid| !services_before.contains(pid))
+        .filter(|pid| command_line(*pid).contains(&tmp_text))
+        .collect();
+    assert!(left.is_empty(), "podman services left behind: {left:?}");
+    assert_empty_dir(&tmp);
+    assert_no_container_of(ExecutorKind::Podman, &steps.tag);
+}
+
+/// What [`container_steps`] ran.
+struct ContainerSteps {
+    /// The image tag that `build` printed.
+    tag: String,
+    /// Output of every step, in order.
+    outputs: Vec<Output>,
+    /// Removes the image when the test ends.
+    _image: ImageGuard,
+}
+
+/// Builds `package` twice, runs it against a local webhook and checks its health, all on the
+/// container backend `kind`, with `env` set for every run.
+fn container_steps(kind: ExecutorKind, package: &Path, env: &[(&str, &Path)]) -> ContainerSteps {
+    let executor = kind.as_str();
+    let with_env = |mut command: Agentrun| {
+        for (name, value) in env {
+            command = command.env(name, value);
+        }
+        // Logs as JSON, so the Podman test can find the private service's pid.
+        command.args(["-v", "--log-format", "json"])
+    };
+    let mut outputs = Vec::new();
+
+    // A fresh package: the first build is a real build and prints the tag.
+    let build = with_env(agentrun(&["build", "--executor", executor]).arg(package)).run();
+    build.assert_exit(0);
+    let tag = build.stdout.trim().to_owned();
+    let image = ImageGuard {
+        kind,
+        tag: tag.clone(),
+    };
+    assert!(tag.starts_with("agentrun/slack-"), "tag: {tag:?}");
+    assert_eq!(build.stdout, format!("{tag}\n"));
+    assert_contains(&build.stderr, "prepared in ");
+    outputs.push(build);
+
+    // The same package again is a cache hit with the same tag.
+    let again = with_env(agentrun(&["build", "--executor", executor]).arg(package)).run();
+    again.assert_exit(0);
+    assert_eq!(again.stdout, format!("{tag}\n"));
+    assert_contains(&again.stderr, "cache hit in ");
+    outputs.push(again);
+
+    // A run on the host network reaches the webhook on loopback.
+    let webhook = Webhook::start(200, "ok");
+    let run = with_env(
+        agentrun(&["run", "--executor", executor, "--network", "host"])
+            .arg(package)
+            .arg("--set")
+            .arg(format!("message={TRICKY_MESSAGE}"))
+            .arg("--env")
+            .arg(format!("url={}", webhook.url("/services/T000/B000")))
+            .args(["--context", "user-name=alice@example.com"]),
+    )
+    .run();
+    run.assert_exit(0);
+    assert_eq!(run.stdout, "Message sent to Slack.\n");
+    assert_slack_post(
+        &webhook.next_request(),
+        "/services/T000/B000",
+        TRICKY_MESSAGE,
+    );
+    outputs.push(run);
+
+    let describe =
+        with_env(agentrun(&["describe", "--executor", executor, "--network", "none"]).arg(package))
+            .run();
+    describe.assert_exit(0);
+    assert_contains(&describe.stdout, "Slack is healthy: heartbeat in ");
+    outputs.push(describe);
+
+    ContainerSteps {
+        tag,
+        outputs,
+        _image: image,
+    }
+}
+
+/// Removes an image of the container tests when dropped.
+struct ImageGuard {
+    kind: ExecutorKind,
+    tag: String,
+}
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        // Best effort: a leftover image costs disk space, not correctness.
+        let _ = Command::new(self.kind.as_str())
+            .args(["rmi", "--force", &self.tag])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Fails the test when a container made from `image` is left.
+fn assert_no_container_of(kind: ExecutorKind, image: &str) {
+    let output = Command::new(kind.as_str())
+        .args(["ps", "--all", "--quiet", "--filter"])
+        .arg(format!("ancestor={image}"))
+        .output()
+        .unwrap_or_else(|error| panic!("running `{kind} ps` failed: {error}"));
+    assert!(
+        output.status.success(),
+        "`{kind} ps` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let left = String::from_utf8_lossy(&output.stdout);
+    assert!(left.trim().is_empty(), "containers of {image} left: {left}");
+}
+
+/// Returns the pids of `podman system service` processes on this machine.
+fn podman_services() -> HashSet<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return HashSet::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let words: Vec<String> = command_line(*pid).split(' ').map(str::to_owned).collect();
+            words
+                .first()
+                .is_some_and(|program| program.ends_with("podman"))
+                && words.windows(2).any(|pair| pair == ["system", "service"])
+        })
+        .collect()
+}
+
+/// Returns a process's command line with arguments separated by spaces, or "" when it is gone.
+fn command_line(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .trim_end_matches('\0')
+                .replace('\0', " ")
+        })
+        .unwrap_or_default()
+}
+
+/// Returns the pids that JSON log lines on `stderr` report for started private services.
+fn started_service_pids(stderr: &str) -> Vec<u32> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| entry["fields"]["message"] == "started a private podman service")
+        .filter_map(|entry| u32::try_from(entry["fields"]["pid"].as_u64()?).ok())
+        .collect()
+}
+
+// ---- Packages ----------------------------------------------------------------------------------
+
+/// Problems of the manifest that [`bad_package`] writes, as the binary lists them.
+const BAD_MANIFEST_PROBLEMS: [&str; 4] = [
+    "section_element: unknown value \"report\" for section \"canvas\"; expected one of nodes, \
+     edges, canvas",
+    "fields[0].options: missing; a select field needs at least one option",
+    "fields[1].name: duplicate name \"level\"; fields[0] already uses it",
+    "fields[1].regex: invalid regex \"(unclosed\"",
+];
+
+/// Writes a package with a Dockerfile without ENTRYPOINT and a manifest that breaks four
+/// rules, and returns its folder.
+fn bad_package(dir: &Path) -> PathBuf {
+    let package = dir.join("bad");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\n",
+    )
+    .expect("writing the Dockerfile");
+    fs::write(package.join("agent.py"), "print('never runs')\n").expect("writing the agent");
+    let manifest = "name = \"Bad\"\n\
+                    section = \"canvas\"\n\
+                    section_element = \"report\"\n\n\
+                    [[fields]]\n\
+                    name = \"level\"\n\
+                    label = \"Level\"\n\
+                    ui_element = \"select\"\n\n\
+                    [[fields]]\n\
+                    name = \"level\"\n\
+                    label = \"Again\"\n\
+                    ui_element = \"text\"\n\
+                    regex = \"(unclosed\"\n";
+    fs::write(package.join("integration.toml"), manifest).expect("writing the manifest");
+    package
+}
+
+/// Writes a copy of `examples/echo` with `manifest` as its manifest, and returns its folder.
+fn echo_with_manifest(dir: &Path, manifest: &str) -> PathBuf {
+    let package = dir.join("echo");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    for name in ["Dockerfile", "agent.py"] {
+        fs::copy(example("echo").join(name), package.join(name)).expect("copying the example");
+    }
+    fs::write(package.join("integration.toml"), manifest).expect("writing the manifest");
+    package
+}
+
+/// Writes a copy of `examples/slack` with a file that makes its digest, and so its image tag,
+/// unique to this run, so that the first build is never a cache hit from an earlier run.
+fn unique_slack_copy(dir: &Path) -> PathBuf {
+    let package = dir.join("slack");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    for name in ["Dockerfile", "agent.py", "integration.toml"] {
+        fs::copy(example("slack").join(name), package.join(name)).expect("copying the example");
+    }
+    let nonce = format!(
+        "{} {:?}\n",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    fs::write(package.join("nonce.txt"), nonce).expect("writing the nonce");
+    package
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+}
+
+/// One entry of a zip that [`write_zip`] writes.
+#[derive(Clone)]
+enum ZipEntry {
+    /// A file with its name and content.
+    File(String, Vec<u8>),
+    /// A symbolic link with its name and target.
+    Symlink(String, String),
+}
+
+/// Writes a deflate-compressed zip of `entries`, names as given, and returns its path.
+fn write_zip(path: &Path, entries: &[ZipEntry]) -> PathBuf {
+    let file = fs::File::create(path).expect("creating the zip");
+    let mut writer = ZipWriter::new(file);
+    let options = SimpleFileOptions::default().unix_permissions(0o644);
+    for entry in entries {
+        match entry {
+            ZipEntry::File(name, content) => {
+                writer
+                    .start_file(name.as_str(), options)
+                    .expect("adding a zip entry");
+                writer.write_all(content).expect("writing a zip entry");
+            }
+            ZipEntry::Symlink(name, target) => writer
+                .add_symlink(name.as_str(), target.as_str(), options)
+                .expect("adding a zip link"),
+        }
+    }
+    writer.finish().expect("finishing the zip");
+    path.to_path_buf()
+}
+
+/// Creates `path` as an empty folder, removing what was there, and returns it.
+fn empty_dir(path: &Path) -> PathBuf {
+    if path.exists() {
+        fs::remove_dir_all(path).expect("removing the old folder");
+    }
+    fs::create_dir_all(path).expect("creating the folder");
+    path.to_path_buf()
+}
+
+fn assert_empty_dir(path: &Path) {
+    let left: Vec<_> = fs::read_dir(path)
+        .expect("reading the folder")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(left.is_empty(), "{} is not empty: {left:?}", path.display());
+}
+
+// ---- Running the binary ------------------------------------------------------------------------
+
+/// The exit status and output of one run of the binary.
+#[derive(Debug)]
+struct Output {
+    /// Exit code, or `None` when a signal ended the process.
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    #[track_caller]
+    fn assert_exit(&self, code: i32) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit status\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+    }
+
+    fn stdout_json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}):\n{}", self.stdout))
+    }
+}
+
+/// A command line for the binary under test.
+struct Agentrun(Command);
+
+/// Returns the binary with `args`, with the environment variables that change its defaults
+/// removed.
+fn agentrun(args: &[&str]) -> Agentrun {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agentrun"));
+    command
+        .args(args)
+        .env_remove("AGENTRUN_EXECUTOR")
+        .env_remove("AGENTRUN_LOG_FORMAT")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Agentrun(command)
+}
+
+impl Agentrun {
+    fn arg(mut self, arg: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.0.arg(arg);
+        self
+    }
+
+    fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.0.args(args);
+        self
+    }
+
+    fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.0.env(name, value);
+        self
+    }
+
+    /// Runs the binary to its end, killing it and failing the test after [`CLI_TIMEOUT`].
+    fn run(mut self) -> Output {
+        let mut child = self
+            .0
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting agentrun failed: {error}"));
+        let stdout = read_in_background(child.stdout.take());
+        let stderr = read_in_background(child.stderr.take());
+
+        let status = wait_with_deadline(&mut child, CLI_TIMEOUT);
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        let Some(status) = status else {
+            panic!(
+                "agentrun did not exit within {} s\nstdout:\n{stdout}\nstderr:\n{stderr}",
+                CLI_TIMEOUT.as_secs()
+            );
+        };
+        Output {
+            code: status.code(),
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// Reads a pipe to its end on a thread of its own, so that neither pipe can fill up and block
+/// the child.
+fn read_in_background(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Waits for `child` to exit, or kills it after `limit` and returns `None`.
+fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if started.elapsed() < limit => thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            Err(error) => panic!("waiting for agentrun failed: {error}"),
+        }
+    }
+}
+
+// ---- Assertions --------------------------------------------------------------------------------
+
+#[track_caller]
+fn assert_contains(text: &str, needle: &str) {
+    assert!(
+        text.contains(needle),
+        "expected text containing {needle:?}, got:\n{text}"
+    );
+}
+
+/// Checks that `request` is the Slack agent's post of `text` to `path`.
+#[track_caller]
+fn assert_slack_post(request: &common::webhook::Request, path: &str, text: &str) {
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, path);
+    assert_eq!(
+        request.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    let body: Value = serde_json::from_slice(&request.body).unwrap_or_else(|error| {
+        panic!(
+            "the webhook body is not JSON ({error}): {}",
+            String::from_utf8_lossy(&request.body)
+        )
+    });
+    assert_eq!(body, json!({ "text": text }));
+}
