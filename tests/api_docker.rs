@@ -2,14 +2,16 @@
 //! engine at `DOCKER_HOST` does not respond, and fail instead when `AGENTRUN_REQUIRE_RUNTIMES`
 //! lists `docker`.
 
+mod common;
 #[path = "common/service.rs"]
 mod harness;
 
 use std::time::Duration;
 
+use agentrun::backends::ExecutorKind;
 use harness::{
-    docker_available, labelled_containers, running_containers, shell_manifest, shell_package,
-    wait_for, wait_integration_ready, wait_job_final, ServiceProcess,
+    labelled_containers, running_containers, shell_manifest, shell_package, wait_for,
+    wait_integration_ready, wait_job_final, ServiceProcess,
 };
 use serde_json::json;
 
@@ -23,6 +25,15 @@ fn docker_config(instance: &str) -> String {
     )
 }
 
+/// Returns true when Docker can run jobs here; see [`common::runtimes::runtime_available`].
+async fn docker_available(test: &'static str) -> bool {
+    tokio::task::spawn_blocking(move || {
+        common::runtimes::runtime_available(ExecutorKind::Docker, test)
+    })
+    .await
+    .expect("the runtime probe does not panic unless Docker is required")
+}
+
 fn instance() -> String {
     format!("agentrun-test-{}", uuid::Uuid::new_v4().simple())
 }
@@ -30,7 +41,7 @@ fn instance() -> String {
 /// The Slack example end to end on Docker. See [`harness::slack_end_to_end`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_end_to_end_on_docker() {
-    if !docker_available() {
+    if !docker_available("slack_end_to_end_on_docker").await {
         return;
     }
     let instance = instance();
@@ -45,7 +56,7 @@ async fn slack_end_to_end_on_docker() {
 /// reply, earlier jobs are intact and no container with the engine's label is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_recovers_docker_job() {
-    if !docker_available() {
+    if !docker_available("sigkill_recovers_docker_job").await {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");

@@ -637,32 +637,6 @@ pub fn processes_with_env(entry: &str) -> Vec<u32> {
     found
 }
 
-/// Returns true when the Docker engine at `DOCKER_HOST` responds. Prints why a test skips, and
-/// panics instead when `AGENTRUN_REQUIRE_RUNTIMES` lists `docker`.
-pub fn docker_available() -> bool {
-    let required = std::env::var("AGENTRUN_REQUIRE_RUNTIMES")
-        .unwrap_or_default()
-        .split(',')
-        .any(|name| name.trim() == "docker");
-    let host = std::env::var("DOCKER_HOST").unwrap_or_default();
-    let responds = !host.is_empty()
-        && Command::new("docker")
-            .args(["version", "--format", "{{.Server.Version}}"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-    if !responds {
-        let reason = format!("the Docker engine at DOCKER_HOST={host:?} does not respond");
-        assert!(
-            !required,
-            "{reason}, and AGENTRUN_REQUIRE_RUNTIMES lists docker"
-        );
-        eprintln!("skipping: {reason}");
-    }
-    responds
-}
-
 /// Returns the ids of containers carrying `label=value`, in any state.
 pub fn labelled_containers(label: &str, value: &str) -> Vec<String> {
     docker_ps(&["-aq", "--filter", &format!("label={label}={value}")])
