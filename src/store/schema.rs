@@ -11,9 +11,10 @@ pub(super) const SCHEMA_VERSION: i64 = 1;
 
 /// Migrations in order: entry `n` moves the schema from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
-    // Version 1. Ids and times are integers (job ids and epoch milliseconds); JSON columns hold
-    // serde output. `name_key` is the trimmed, lowercased name, which makes names unique
-    // case-insensitively, as agentIDs are.
+    // Version 1. Ids and times are integers (job ids and epoch milliseconds), and JSON columns
+    // contain serde output. `name_key` is the trimmed, lowercased name, which makes names unique
+    // case-insensitively, as agentIDs are. `jobs_by_integration` lets the metrics count jobs
+    // from the index alone.
     "CREATE TABLE meta (
         key TEXT PRIMARY KEY,
         value BLOB NOT NULL
@@ -51,7 +52,8 @@ const MIGRATIONS: &[&str] = &[
         finished_ms INTEGER
     );
     CREATE INDEX jobs_by_state ON jobs (state, id);
-    CREATE INDEX jobs_by_agent ON jobs (agent_id, state, id);",
+    CREATE INDEX jobs_by_agent ON jobs (agent_id, state, id);
+    CREATE INDEX jobs_by_integration ON jobs (integration, state);",
 ];
 
 /// Sets WAL mode, full synchronisation and a busy timeout.
