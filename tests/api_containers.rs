@@ -1,6 +1,6 @@
-//! End-to-end tests of the HTTP API on the Docker executor. They skip, printing why, when the
-//! engine at `DOCKER_HOST` does not respond, and fail instead when `AGENTRUN_REQUIRE_RUNTIMES`
-//! lists `docker`.
+//! End-to-end tests of the HTTP API on the container executors (Docker and Podman). They skip,
+//! printing why, when the runtime does not respond, and fail instead when
+//! `AGENTRUN_REQUIRE_RUNTIMES` lists it.
 
 mod common;
 #[path = "common/service.rs"]
@@ -139,4 +139,24 @@ async fn sigkill_recovers_docker_job() {
         "{}",
         service.logs()
     );
+}
+
+/// The Slack example end to end on Podman, with the same body as on Docker and the subprocess
+/// backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_end_to_end_on_podman() {
+    let available = tokio::task::spawn_blocking(|| {
+        common::runtimes::runtime_available(ExecutorKind::Podman, "slack_end_to_end_on_podman")
+    })
+    .await
+    .expect("the runtime probe does not panic unless Podman is required");
+    if !available {
+        return;
+    }
+    let instance = instance();
+    let config = format!(
+        "executor = \"podman\"\n[health]\ninterval_secs = 0\n[podman]\ninstance = \"{instance}\"\n\
+         network = \"host\"\n"
+    );
+    harness::slack_end_to_end(&config).await;
 }
