@@ -10,8 +10,8 @@ use harness::ServiceProcess;
 
 const CONFIG: &str = "executor = \"subprocess\"\n[health]\ninterval_secs = 0\n";
 
-/// Without a configured key the service generates one (mode 0600) and says how to move it;
-/// a credential with another key is rejected, and one with the same key is used.
+/// Without a configured key the service generates one (mode 0600) and logs how to move it.
+/// A credential with another key is rejected, and one with the same key is used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_sources_and_mismatch() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -23,7 +23,7 @@ impl Default for Events {
 impl Events {
     /// Announces that job `id` has a final state in the store.
     pub(crate) fn send_finished(&self, id: u64) {
-        // No receiver means nobody waits, which is fine.
+        // Without a receiver no request is waiting, so the error is ignored.
         let _ = self.finished.send(id);
     }
 

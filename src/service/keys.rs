@@ -8,7 +8,7 @@ use super::ServiceError;
 use crate::config::Config;
 use crate::store::EnvCipher;
 
-/// Name of the systemd credential that holds the key (`LoadCredential=agentrun-key:…`).
+/// Name of the systemd credential that contains the key (`LoadCredential=agentrun-key:…`).
 pub const CREDENTIAL_NAME: &str = "agentrun-key";
 
 /// Returns the cipher for env values, from the first of: `secrets.key_file`, the systemd

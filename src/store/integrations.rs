@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{now_ms, EnvCipher, Store, StoreError};
 use crate::manifest::Manifest;
 
-/// Where an integration's package build stands.
+/// The state of an integration's package build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -19,7 +19,7 @@ pub enum BuildState {
     Building,
     /// Jobs can run.
     Ready,
-    /// Preparing failed; [`IntegrationRecord::build_error`] says why.
+    /// Preparing failed, and [`IntegrationRecord::build_error`] gives the reason.
     Failed,
 }
 
@@ -83,9 +83,9 @@ pub struct IntegrationRecord {
     pub package_root: PathBuf,
     /// Build state of the current package.
     pub state: BuildState,
-    /// Why the last build failed.
+    /// The error of the last build.
     pub build_error: Option<String>,
-    /// What the executor made of the package, once ready.
+    /// The executor's result of preparing the package, once ready.
     pub prepared: Option<Prepared>,
     /// Env variables of the agent, in order. Secret: never log or return the values.
     pub env: Vec<(String, String)>,

@@ -119,7 +119,7 @@ pub struct JobRecord {
     pub context: Context,
     /// The result, with the fields of `agentrun run --json`, once the agent ran.
     pub result: Option<serde_json::Value>,
-    /// Why the job has no result, or the result's error text.
+    /// The reason the job has no result, or the result's error text.
     pub error: Option<String>,
     /// The agent's exit code, when known.
     pub exit_code: Option<i32>,
@@ -133,14 +133,14 @@ pub struct JobRecord {
     pub finished_ms: Option<i64>,
 }
 
-/// How a job ended, for [`Store::finish_job`].
+/// The end of a job, for [`Store::finish_job`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobFinish {
     /// Final state.
     pub state: JobState,
     /// The result JSON, when the agent ran.
     pub result: Option<serde_json::Value>,
-    /// Why it failed.
+    /// The failure reason.
     pub error: Option<String>,
     /// The agent's exit code.
     pub exit_code: Option<i32>,
@@ -148,7 +148,7 @@ pub struct JobFinish {
     pub stderr_tail: Option<String>,
 }
 
-/// Which jobs [`Store::jobs`] lists.
+/// The filter and page of [`Store::jobs`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobFilter {
     /// Only jobs of this integration.
@@ -161,7 +161,7 @@ pub struct JobFilter {
     pub limit: usize,
 }
 
-/// What a worker pool may take in one [`Store::claim_jobs`] call.
+/// The limits of one [`Store::claim_jobs`] call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClaimLimits {
     /// Free worker slots.

@@ -35,14 +35,14 @@ pub use integrations::{BuildState, HealthRecord, IntegrationRecord, NewIntegrati
 pub use jobs::{ClaimLimits, JobFilter, JobFinish, JobRecord, JobState, NewJob, StateCount};
 pub use secrets::{EnvCipher, SecretsError};
 
-/// Why a store operation failed.
+/// A failed store operation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// SQLite returned an error.
     #[error("database {operation} failed")]
     Sqlite {
-        /// What the store was doing.
+        /// The operation, such as `inserting a job`.
         operation: &'static str,
         /// The underlying error.
         #[source]
@@ -84,7 +84,7 @@ pub enum StoreError {
         existing: String,
     },
 
-    /// The queue holds its maximum number of jobs.
+    /// The queue contains its maximum number of jobs.
     #[error(
         "the job queue is full ({max_queued} jobs queued): retry later or raise jobs.max_queued"
     )]
@@ -96,7 +96,7 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("stored {what} of {id} is damaged: {message}")]
     Corrupt {
-        /// Which value, such as `manifest`.
+        /// The value, such as `manifest`.
         what: &'static str,
         /// The row's id.
         id: String,

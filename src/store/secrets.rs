@@ -4,7 +4,7 @@
 //! XChaCha20-Poly1305 ciphertext of the JSON list of `[name, value]` pairs. The agentID is the
 //! associated data, so a blob copied onto another integration's row fails to open instead of
 //! handing that integration someone else's credentials. The random nonce is safe with this
-//! cipher because 24 bytes make a repeat negligible for any number of writes a store sees.
+//! cipher because 24 random bytes make a repeat negligible for any number of writes to a store.
 
 use std::fmt;
 

@@ -138,6 +138,19 @@ async fn env_values_encrypted_on_disk() {
         .expect("integration exists");
     drop(store);
 
+    // The store thread closes the connection after the last handle is gone, and SQLite then
+    // moves the WAL into the database file and deletes it. Reading before that could race with
+    // the deletion.
+    let wal = dir.path().join("agentrun.db-wal");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while wal.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not close the database within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+
     for entry in std::fs::read_dir(dir.path()).expect("list data dir") {
         let path = entry.expect("entry").path();
         let bytes = std::fs::read(&path).expect("read database file");

@@ -18,7 +18,7 @@ use crate::store::StoreError;
 pub struct FieldError {
     /// The field name or key path, such as `message` or `fields[0].ui_element`.
     pub field: String,
-    /// What is wrong and what is allowed.
+    /// The problem and the allowed values.
     pub message: String,
     /// The broken rule, for form values (`regex`, `select`, `date`, …).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,4 +1,4 @@
-//! Request extractors that answer every rejection with a JSON [`ApiError`].
+//! Request extractors that turn every rejection into a JSON [`ApiError`].
 
 use std::sync::Arc;
 

@@ -27,7 +27,7 @@ use crate::store::{JobFilter, JobRecord, JobState, NewJob};
 const DEFAULT_PAGE: usize = 100;
 /// Maximum page size of `GET /v1/jobs`.
 const MAX_PAGE: usize = 1000;
-/// Longest time `DELETE /v1/jobs/{id}` waits for a running job's agent to be killed.
+/// Maximum time `DELETE /v1/jobs/{id}` waits for a running job's agent to be killed.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 /// Body of `POST /v1/integrations/{id}/jobs`.

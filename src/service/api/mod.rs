@@ -241,7 +241,7 @@ impl Servers {
 /// Binds the configured listeners and starts serving.
 ///
 /// TODO: `axum::serve` sets no deadline for reading request headers, so a client that sends
-/// its headers slowly holds a connection until it gives up (the per-request timeout starts once
+/// its headers slowly keeps a connection open until it gives up (the per-request timeout starts once
 /// the headers are in). Serve connections through hyper-util with `header_read_timeout` and a
 /// connection limit when hardening the API against hostile clients.
 pub(crate) async fn listen(service: &Arc<Service>) -> Result<Servers, ServiceError> {

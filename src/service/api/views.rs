@@ -53,7 +53,7 @@ impl From<&IntegrationRecord> for IntegrationView {
 pub(crate) struct HealthView {
     healthy: bool,
     checked_at: Option<String>,
-    /// Why the integration is unhealthy.
+    /// The reason the integration is unhealthy.
     error: Option<String>,
     /// The full report of the check.
     report: Value,
