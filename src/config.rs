@@ -60,6 +60,10 @@ pub const DEFAULT_WAIT_TIMEOUT_SECS: u64 = 120;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default for [`ApiConfig::request_timeout_secs`].
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
+/// Default for [`ApiConfig::header_read_timeout_secs`].
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
+/// Default for [`ApiConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default for [`HealthConfig::interval_secs`].
 pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 300;
 /// Default for [`HealthConfig::timeout_secs`].
@@ -208,6 +212,11 @@ pub struct ApiConfig {
     /// Maximum time one request may take, in seconds, uploads and `?wait=true` included. A
     /// slower request gets 408. Default 300.
     pub request_timeout_secs: u64,
+    /// Maximum time a client may take to send a request's headers, in seconds; the connection
+    /// is closed after it. Default 30.
+    pub header_read_timeout_secs: u64,
+    /// Maximum number of open connections per listener; more are closed at once. Default 1024.
+    pub max_connections: usize,
 }
 
 impl Default for ApiConfig {
@@ -215,6 +224,8 @@ impl Default for ApiConfig {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -461,6 +472,11 @@ impl Config {
         check_at_least_one("jobs.max_queued", self.jobs.max_queued)?;
         check_at_least_one("api.max_body_bytes", self.api.max_body_bytes)?;
         check_at_least_one("api.request_timeout_secs", self.api.request_timeout_secs)?;
+        check_at_least_one(
+            "api.header_read_timeout_secs",
+            self.api.header_read_timeout_secs,
+        )?;
+        check_at_least_one("api.max_connections", self.api.max_connections)?;
         check_at_least_one("intake.max_archive_bytes", self.intake.max_archive_bytes)?;
 
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {

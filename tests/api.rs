@@ -838,3 +838,87 @@ async fn unhealthy_integration_is_flagged() {
     assert_eq!(healthy_action["healthy"], true);
     assert_eq!(healthy_action["health_error"], Value::Null);
 }
+
+/// A client that does not finish its headers is disconnected after
+/// `api.header_read_timeout_secs`, and connections past `api.max_connections` are closed at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_excess_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn read_to_end(stream: &mut tokio::net::UnixStream) -> Vec<u8> {
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut received))
+            .await
+            .expect("the server closes the connection within 20 s")
+            .expect("read from the connection");
+        received
+    }
+
+    // Headers that never end.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!("{SUBPROCESS}[api]\nheader_read_timeout_secs = 1\n");
+    let mut service = ServiceProcess::start(dir.path(), &config, &[]);
+    service.wait_ready().await;
+    let mut slow = tokio::net::UnixStream::connect(&service.socket)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("send partial headers");
+    let received = read_to_end(&mut slow).await;
+    assert!(
+        !String::from_utf8_lossy(&received).contains("200 OK"),
+        "the request was served: {}",
+        String::from_utf8_lossy(&received)
+    );
+    assert_eq!(service.client().get("/healthz").await.status, 200);
+
+    // Two idle connections fill the slots, so a third is closed without a response.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!("{SUBPROCESS}[api]\nmax_connections = 2\n");
+    let mut service = ServiceProcess::start(dir.path(), &config, &[]);
+    service.wait_ready().await;
+    // Let the readiness probe's connection close, so that it holds no slot.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _first = tokio::net::UnixStream::connect(&service.socket)
+        .await
+        .expect("connect");
+    let _second = tokio::net::UnixStream::connect(&service.socket)
+        .await
+        .expect("connect");
+    // Give the server the time to accept both before the third arrives.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut third = tokio::net::UnixStream::connect(&service.socket)
+        .await
+        .expect("connect");
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let received = read_to_end(&mut third).await;
+    assert!(
+        received.is_empty(),
+        "the third connection got a response: {}",
+        String::from_utf8_lossy(&received)
+    );
+    assert!(
+        service.logs().contains("too many open connections"),
+        "{}",
+        service.logs()
+    );
+
+    drop(_first);
+    drop(_second);
+    harness::wait_for("the slots to free up", Duration::from_secs(20), || async {
+        let response = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::spawn({
+                let client = service.client();
+                async move { client.get("/healthz").await.status }
+            }),
+        )
+        .await;
+        matches!(response, Ok(Ok(200))).then_some(())
+    })
+    .await;
+}

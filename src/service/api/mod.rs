@@ -2,7 +2,8 @@
 //!
 //! The API listens on a Unix socket (mode 0660, so the socket's owner and group decide who may
 //! connect) and optionally on TCP, where every request except `GET /healthz` must carry
-//! `Authorization: Bearer <token>`. Every error, including unknown routes, bodies past a limit
+//! `Authorization: Bearer <token>`. Connections are HTTP/1.1, with a deadline for each
+//! request's headers and a cap on open connections. Every error, including unknown routes, bodies past a limit
 //! and malformed JSON, is a JSON [`error::ApiError`]. The routes and their shapes are described
 //! in the OpenAPI document served at `GET /v1/openapi.json`.
 
@@ -222,12 +223,13 @@ pub(crate) struct Servers {
 }
 
 impl Servers {
-    /// Closes the listeners; open connections finish their requests.
+    /// Closes the listeners and asks open connections to close after their current request.
     pub(crate) fn stop_accepting(&self) {
         self.stop.cancel();
     }
 
-    /// Waits for the servers to end, at most `timeout`, then drops what is left.
+    /// Waits for the servers and their connections to end, at most `timeout`, then drops what
+    /// is left.
     pub(crate) async fn finish(self, timeout: Duration) {
         for handle in self.handles {
             let abort = handle.abort_handle();
@@ -238,29 +240,111 @@ impl Servers {
     }
 }
 
-/// Binds the configured listeners and starts serving.
+/// A listening socket that [`serve_connections`] accepts from.
+trait Acceptor: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+
+    fn accept_connection(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Acceptor for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+
+    async fn accept_connection(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Acceptor for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept_connection(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+/// Serves HTTP/1.1 connections from `listener` with `app` until `stop` is cancelled, then lets
+/// open connections finish their current request.
 ///
-/// TODO: `axum::serve` sets no deadline for reading request headers, so a client that sends
-/// its headers slowly keeps a connection open until it gives up (the per-request timeout starts once
-/// the headers are in). Serve connections through hyper-util with `header_read_timeout` and a
-/// connection limit when hardening the API against hostile clients.
+/// Unlike `axum::serve`, which sets no deadline before a request's headers are in, each
+/// connection must send its headers within `api.header_read_timeout_secs`, and at most
+/// `api.max_connections` connections are open at once: a client that connects more often is
+/// disconnected at once, so slow or greedy clients cost bounded memory.
+async fn serve_connections<L: Acceptor>(
+    listener: L,
+    app: Router,
+    stop: CancellationToken,
+    config: crate::config::ApiConfig,
+    name: &'static str,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(config.header_read_timeout_secs));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let mut rejected: u64 = 0;
+
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept_connection() => accepted,
+            () = stop.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok(stream) => stream,
+            Err(error) => {
+                // Typically EMFILE; waiting lets open connections end before the next accept.
+                tracing::error!(listener = name, error = %error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            rejected += 1;
+            // One line per 100 rejections keeps a flood of connections out of the log.
+            if rejected % 100 == 1 {
+                tracing::warn!(
+                    listener = name,
+                    max_connections = config.max_connections,
+                    rejected,
+                    "too many open connections; closing new ones"
+                );
+            }
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Binds the configured listeners and starts serving.
 pub(crate) async fn listen(service: &Arc<Service>) -> Result<Servers, ServiceError> {
     let stop = CancellationToken::new();
     let mut handles = Vec::new();
     let config = &service.config.listen;
+    let api = service.config.api.clone();
 
     if !config.unix.as_os_str().is_empty() {
         let listener = bind_unix(&config.unix)?;
         let app = router(Arc::clone(service), false);
-        let stop = stop.clone();
-        handles.push(tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(error = %error, "the Unix socket server failed");
-            }
-        }));
+        handles.push(tokio::spawn(serve_connections(
+            listener,
+            app,
+            stop.clone(),
+            api.clone(),
+            "unix",
+        )));
     }
 
     if let Some(address) = config.tcp {
@@ -271,15 +355,13 @@ pub(crate) async fn listen(service: &Arc<Service>) -> Result<Servers, ServiceErr
                 source,
             })?;
         let app = router(Arc::clone(service), true);
-        let stop = stop.clone();
-        handles.push(tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(error = %error, "the TCP server failed");
-            }
-        }));
+        handles.push(tokio::spawn(serve_connections(
+            listener,
+            app,
+            stop.clone(),
+            api,
+            "tcp",
+        )));
     }
     Ok(Servers { stop, handles })
 }
