@@ -239,6 +239,18 @@ async fn invalid_input_gets_422() {
         )
         .await;
     assert_eq!(response.status, 415, "{}", response.text());
+    let response = client
+        .request(
+            "PATCH",
+            &format!("/v1/integrations/{agent_id}/env"),
+            Some("application/merge-patch+json"),
+            br#"{"9BAD": "x", "GOOD": 5}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["error"], "invalid_env");
+    assert_eq!(body["errors"].as_array().map(Vec::len), Some(2), "{body}");
     let response = client.get("/v1/no-such-route").await;
     assert_eq!(response.status, 404);
     assert_eq!(response.json()["error"], "no_route");

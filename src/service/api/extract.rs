@@ -26,7 +26,10 @@ impl<T: DeserializeOwned> FromRequest<Arc<Service>> for ApiJson<T> {
             .and_then(|value| value.to_str().ok())
             .unwrap_or("");
         let essence = content_type.split(';').next().unwrap_or("").trim();
-        if !essence.eq_ignore_ascii_case("application/json") {
+        // `+json` types, such as `application/merge-patch+json` for the env patch, are JSON too.
+        let is_json = essence.eq_ignore_ascii_case("application/json")
+            || (essence.starts_with("application/") && essence.ends_with("+json"));
+        if !is_json {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
