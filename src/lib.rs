@@ -11,11 +11,14 @@
 
 pub mod backends;
 pub mod cli;
+pub mod config;
 pub mod dispatcher;
 pub mod error;
 pub mod forms;
 pub mod manifest;
 pub mod package;
 pub mod protocol;
+pub mod service;
+pub mod store;
 
 pub use agentrun_executor as executor;

@@ -5,11 +5,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use agentrun::cli::{self, Cli, GlobalArgs, LogFormat};
+use agentrun::cli::{self, Cli, Command, GlobalArgs, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.global);
+    // The service configures its logging from its configuration file.
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging(&cli.global);
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,6 +10,7 @@ mod describe;
 mod load;
 mod output;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -74,6 +75,23 @@ pub enum Command {
     Check(CheckArgs),
     /// Prepare a package on an executor (build its image) and print the image tag or command.
     Build(BuildArgs),
+    /// Run the service: the HTTP API, the job queue and health checks, configured by
+    /// /etc/agentrun/agentrun.toml, the user's file, --config and AGENTRUN_* variables.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `agentrun serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file, read after /etc/agentrun/agentrun.toml and
+    /// $XDG_CONFIG_HOME/agentrun/agentrun.toml and before AGENTRUN_* variables; it must exist.
+    #[arg(long, env = "AGENTRUN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration, print it (the token redacted) and exit: 0 when valid, 2 when
+    /// not.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// The package and the executor to run it on.
@@ -176,6 +194,7 @@ pub async fn execute(cli: Cli) -> Exit {
         Command::Describe(args) => describe::describe(args).await,
         Command::Check(args) => check::check(&args).await,
         Command::Build(args) => build::build(args).await,
+        Command::Serve(args) => serve::serve(args).await,
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrun_executor::{
-    CancellationToken, Executor, JobSpec, Limits, MessageKind, PackageSpec, Prepared,
+    CancellationToken, Executor, JobOutcome, JobSpec, Limits, MessageKind, PackageSpec, Prepared,
     DEFAULT_MAX_STDOUT_BYTES, DEFAULT_STDERR_TAIL_BYTES, DEFAULT_TIMEOUT,
 };
 use serde::Serialize;
@@ -390,6 +390,25 @@ impl Dispatcher {
         }
         .instrument(span)
         .await
+    }
+
+    /// Builds the result of a `work` job from an outcome obtained outside [`Dispatcher::work`],
+    /// such as one that [`Executor::recover`] collected after a restart. The reply is parsed
+    /// exactly as for a job that `work` ran; `timeout` is the job's deadline, quoted in the
+    /// error text of a job that timed out.
+    pub fn work_result_from_outcome(
+        &self,
+        job_id: u64,
+        outcome: &JobOutcome,
+        timeout: Duration,
+    ) -> WorkResult {
+        outcome::work_result(
+            job_id,
+            outcome,
+            timeout,
+            self.defaults.max_stdout_bytes,
+            self.defaults.stderr_tail_lines,
+        )
     }
 
     fn timeout_for(

@@ -748,3 +748,47 @@ fn integration_new_takes_manifest_env() {
         ]
     );
 }
+
+/// An outcome collected outside `work` (as recovery after a restart does) is parsed like one
+/// that `work` ran.
+#[test]
+fn result_from_outcome_parses_reply() {
+    let dispatcher = Dispatcher::new(FakeExecutor::new(replying(0)));
+    let reply = json!({
+        "type": "info",
+        "job_id": 77,
+        "payload": {"message": "recovered"},
+        "return_code": 0,
+    });
+    let recovered = outcome(
+        JobEnd::Exited,
+        ExitStatus::Code(0),
+        &format!("{reply}\n"),
+        "",
+    );
+
+    let result = dispatcher.work_result_from_outcome(77, &recovered, Duration::from_secs(5));
+
+    assert_eq!(result.job_id, 77);
+    assert_eq!(result.status, JobStatus::Succeeded);
+    assert_eq!(result.message.as_deref(), Some("recovered"));
+    assert_eq!(result.error, None);
+}
+
+/// A recovered outcome with a reply for another job is an error result, as in `work`.
+#[test]
+fn result_from_outcome_rejects_other_job_id() {
+    let dispatcher = Dispatcher::new(FakeExecutor::new(replying(0)));
+    let reply = json!({"type": "info", "job_id": 1, "payload": {"message": "x"}});
+    let recovered = outcome(
+        JobEnd::Exited,
+        ExitStatus::Code(0),
+        &format!("{reply}\n"),
+        "",
+    );
+
+    let result = dispatcher.work_result_from_outcome(2, &recovered, Duration::from_secs(5));
+
+    assert_eq!(result.status, JobStatus::Error);
+    assert!(result.error.is_some());
+}

@@ -1,0 +1,58 @@
+//! `agentrun serve`: loads the service configuration and runs the service.
+
+use crate::config::Config;
+use crate::error::Exit;
+use crate::service::{self, ServiceError};
+
+use super::ServeArgs;
+
+/// Runs `agentrun serve`. Exit status: 0 after a clean stop (SIGTERM or SIGINT), 2 for an
+/// invalid configuration, 4 when the executor or the service's own files are unavailable.
+pub async fn serve(args: ServeArgs) -> Exit {
+    let config = match Config::load(args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {}", error_chain(&error));
+            return Exit::InvalidInput;
+        }
+    };
+    if args.check_config {
+        return match config.to_redacted_toml() {
+            Ok(text) => {
+                print!("{text}");
+                eprintln!("the configuration is valid");
+                Exit::Success
+            }
+            Err(error) => {
+                eprintln!("error: printing the configuration failed: {error}");
+                Exit::InvalidInput
+            }
+        };
+    }
+
+    service::init_logging(&config.log);
+    match service::serve(config).await {
+        Ok(()) => Exit::Success,
+        Err(error) => {
+            let text = error_chain(&error);
+            tracing::error!(error = %text, "the service could not start");
+            eprintln!("error: {text}");
+            match error {
+                ServiceError::Config(_) => Exit::InvalidInput,
+                _ => Exit::ExecutorUnavailable,
+            }
+        }
+    }
+}
+
+/// Returns an error and its sources as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,86 @@
+//! Request extractors that turn every rejection into a JSON [`ApiError`].
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, FieldError};
+use crate::service::Service;
+
+/// A JSON body of at most `api.max_body_bytes`, parsed into `T`.
+///
+/// Rejections: 415 without a JSON content type, 413 past the size limit, 400 for malformed
+/// JSON, and 422 for well-formed JSON of the wrong shape (unknown keys, wrong types).
+#[derive(Debug)]
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<Service>> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, service: &Arc<Service>) -> Result<Self, ApiError> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        // `+json` types, such as `application/merge-patch+json` for the env patch, are JSON too.
+        let is_json = essence.eq_ignore_ascii_case("application/json")
+            || (essence.starts_with("application/") && essence.ends_with("+json"));
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "expected a JSON body with Content-Type: application/json, found {:?}",
+                    content_type
+                ),
+            ));
+        }
+        let limit = service.config.api.max_body_bytes;
+        let bytes = read_limited(request, limit).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Reads a request body, failing with 413 past `limit` bytes without buffering more.
+pub(crate) async fn read_limited(request: Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    match axum::body::to_bytes(request.into_body(), limit).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(error) => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+            while let Some(cause) = source {
+                if cause.is::<http_body_util::LengthLimitError>() {
+                    return Err(ApiError::too_large(format!(
+                        "the request body is larger than {limit} bytes (api.max_body_bytes)"
+                    )));
+                }
+                source = cause.source();
+            }
+            Err(ApiError::bad_request(format!(
+                "reading the request body failed: {error}"
+            )))
+        }
+    }
+}
+
+/// Parses JSON: 400 for malformed text, 422 for a valid document of the wrong shape.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        if error.classify() == serde_json::error::Category::Data {
+            ApiError::unprocessable(
+                "invalid_body",
+                format!("invalid request body: {error}"),
+                vec![FieldError {
+                    field: "body".to_owned(),
+                    message: error.to_string(),
+                    rule: None,
+                }],
+            )
+        } else {
+            ApiError::bad_request(format!("the request body is not valid JSON: {error}"))
+        }
+    })
+}
