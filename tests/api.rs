@@ -195,7 +195,7 @@ async fn invalid_input_gets_422() {
     assert_eq!(response.status, 422, "{}", response.text());
     assert_eq!(response.json()["errors"][0]["field"], "package");
 
-    // The same name in another case.
+    // The same name in another case is a conflict with the registered integration.
     let upper = json!({ "name": "SLACK" });
     let response = client
         .multipart(
@@ -211,7 +211,7 @@ async fn invalid_input_gets_422() {
             ],
         )
         .await;
-    assert_eq!(response.status, 422, "{}", response.text());
+    assert_eq!(response.status, 409, "{}", response.text());
     let body = response.json();
     assert_eq!(body["error"], "duplicate_name");
     assert!(

@@ -394,15 +394,7 @@ fn duplicate(existing: &str) -> ApiError {
         "an integration named {existing:?} exists; names are compared case-insensitively, so \
          choose another name or replace that integration's package"
     );
-    ApiError::unprocessable(
-        "duplicate_name",
-        message.clone(),
-        vec![FieldError {
-            field: "name".to_owned(),
-            message,
-            rule: None,
-        }],
-    )
+    ApiError::new(StatusCode::CONFLICT, "duplicate_name", message)
 }
 
 /// Removes entries under `packages/` that are neither in `keep` nor a parent of one.

@@ -124,15 +124,10 @@ impl From<StoreError> for ApiError {
                 "queue_full",
                 error.to_string(),
             ),
-            StoreError::DuplicateName { .. } => Self::unprocessable(
-                "duplicate_name",
-                error.to_string(),
-                vec![FieldError {
-                    field: "name".to_owned(),
-                    message: error.to_string(),
-                    rule: None,
-                }],
-            ),
+            // A name clash is a conflict with the stored state, not an invalid manifest.
+            StoreError::DuplicateName { .. } => {
+                Self::new(StatusCode::CONFLICT, "duplicate_name", error.to_string())
+            }
             other => Self::internal(&other),
         }
     }
