@@ -1,5 +1,6 @@
 //! The `agentrun` binary: parses arguments, sets up logging and runs one subcommand.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -38,6 +39,7 @@ fn init_logging(global: &GlobalArgs) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match global.log_format {
         LogFormat::Text => builder.init(),

@@ -1,5 +1,7 @@
 //! Log output of the service: text or JSON lines on stderr.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -18,8 +20,10 @@ pub fn init_logging(config: &LogConfig) {
         .or_else(|| EnvFilter::try_new(&config.filter).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    // Colour codes only help a terminal; in a file or a pipe they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
 
     let installed = match (config.format, journal) {
