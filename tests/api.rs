@@ -858,12 +858,18 @@ async fn unhealthy_integration_is_flagged() {
 async fn slow_and_excess_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Reads until the server closes the connection. A reset counts as closed: the server may
+    /// close a socket whose request it never read, and the kernel then resets it.
     async fn read_to_end(stream: &mut tokio::net::UnixStream) -> Vec<u8> {
         let mut received = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut received))
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut received))
             .await
-            .expect("the server closes the connection within 20 s")
-            .expect("read from the connection");
+            .expect("the server closes the connection within 20 s");
+        match read {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(error) => panic!("read from the connection failed: {error}"),
+        }
         received
     }
 
