@@ -19,7 +19,7 @@ docker_host=unix://$docker_socket
 log() { printf 'runtimes: %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------------------------
-packages=(docker.io podman runc busybox-static mmdebstrap uidmap iproute2 curl python3)
+packages=(docker.io podman runc busybox-static mmdebstrap uidmap iproute2 curl python3 systemd)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")

@@ -1,5 +1,6 @@
 //! The shipped systemd unit: `systemd-analyze verify` accepts it without a warning, and it
-//! agrees with the service's defaults. Skips, printing why, when `systemd-analyze` is missing.
+//! agrees with the service's defaults. Skips, printing why, when `systemd-analyze` is missing,
+//! unless `AGENTRUN_REQUIRE_RUNTIMES` lists `systemd`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,7 +25,16 @@ fn unit_passes_systemd_analyze_verify() {
         .output()
         .is_ok_and(|output| output.status.success());
     if !available {
-        eprintln!("skipping: systemd-analyze is not installed (Debian package systemd)");
+        let reason = "systemd-analyze is not installed (Debian package systemd)";
+        let required = std::env::var("AGENTRUN_REQUIRE_RUNTIMES").is_ok_and(|list| {
+            list.split(',')
+                .any(|entry| entry.trim().eq_ignore_ascii_case("systemd"))
+        });
+        assert!(
+            !required,
+            "{reason}, and AGENTRUN_REQUIRE_RUNTIMES requires systemd"
+        );
+        eprintln!("skipping: {reason}");
         return;
     }
 

@@ -149,7 +149,12 @@ fn testagent_echoes_as_subprocess() {
 #[test]
 fn testagent_runs_in_docker_images() {
     let Some(host) = docker_host() else {
-        eprintln!("skipped: no Docker daemon answers at DOCKER_HOST or {CI_DOCKER_HOST}");
+        let reason = format!("no Docker daemon answers at DOCKER_HOST or {CI_DOCKER_HOST}");
+        assert!(
+            !required("docker"),
+            "{reason}, and AGENTRUN_REQUIRE_RUNTIMES requires docker"
+        );
+        eprintln!("skipped: {reason}");
         return;
     };
     let tag_suffix = std::process::id();
@@ -188,4 +193,13 @@ fn testagent_runs_in_docker_images() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(reply(&output)["job_id"], 7);
+}
+
+/// Returns true when `AGENTRUN_REQUIRE_RUNTIMES` (comma-separated) lists `runtime`, so that a
+/// test that would skip for want of it fails instead, as in CI.
+fn required(runtime: &str) -> bool {
+    std::env::var("AGENTRUN_REQUIRE_RUNTIMES").is_ok_and(|list| {
+        list.split(',')
+            .any(|entry| entry.trim().eq_ignore_ascii_case(runtime))
+    })
 }
