@@ -3,12 +3,12 @@
 //! The first 8 bytes of an input are the expected job id (little-endian), the rest is the
 //! agent's stdout. Both parsers must return without panicking, every accepted reply must be
 //! normalised as documented, and the result must equal what the parser returns for the objects
-//! a plain quadratic scan finds, written one per line.
+//! a plain quadratic scan finds, copied one per line.
 
 #![no_main]
 
 use agentrun::protocol::{parse_heartbeat, parse_info_reply, ReplyError, KNOWN_ACTIONS};
-use agentrun_fuzz::{compact_lines, reference_objects};
+use agentrun_fuzz::{object_lines, reference_objects};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The same objects, one per line, must give the same result: the scanner may neither miss
     // an object that starts a line nor invent one.
-    let plain = compact_lines(&reference_objects(stdout));
+    let plain = object_lines(stdout, &reference_objects(stdout));
     assert_eq!(info, parse_info_reply(&plain, job_id), "stdout: {stdout:?}");
     assert_eq!(
         heartbeat,

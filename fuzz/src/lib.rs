@@ -4,20 +4,22 @@
 //! engine itself. The targets compare the engine's result with the model's on every input.
 
 use std::cmp::Reverse;
+use std::ops::Range;
 
 use agentrun::forms::KEYWORDS;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Deepest bracket nesting that the reply scanner accepts in one object, counted from the
 /// object's own `{`. The scanner's constant is private to the crate; this must stay equal to it.
 pub const MAX_REPLY_DEPTH: usize = 100;
 
-/// Returns the JSON objects that start at a line start in `output`, the quadratic way: a full
-/// `serde_json` parse at every `{` that has only spaces, tabs or `\r` before it on its line.
+/// Returns the byte ranges of the JSON objects that start at a line start in `output`, the
+/// quadratic way: a full `serde_json` parse at every `{` that has only spaces, tabs or `\r`
+/// before it on its line.
 ///
 /// An object that parses is taken whole, and scanning continues after it. Objects nested deeper
 /// than [`MAX_REPLY_DEPTH`] count as failures, as in the engine's scanner.
-pub fn reference_objects(output: &[u8]) -> Vec<Map<String, Value>> {
+pub fn reference_objects(output: &[u8]) -> Vec<Range<usize>> {
     let mut objects = Vec::new();
     let mut position = 0;
     let mut line_start = true;
@@ -26,10 +28,11 @@ pub fn reference_objects(output: &[u8]) -> Vec<Map<String, Value>> {
         if line_start && byte == b'{' {
             let mut stream =
                 serde_json::Deserializer::from_slice(&output[position..]).into_iter::<Value>();
-            if let Some(Ok(Value::Object(object))) = stream.next() {
-                if depth(&Value::Object(object.clone())) <= MAX_REPLY_DEPTH {
-                    objects.push(object);
-                    position += stream.byte_offset();
+            if let Some(Ok(object @ Value::Object(_))) = stream.next() {
+                if depth(&object) <= MAX_REPLY_DEPTH {
+                    let end = position + stream.byte_offset();
+                    objects.push(position..end);
+                    position = end;
                     line_start = false;
                     continue;
                 }
@@ -54,15 +57,18 @@ pub fn depth(value: &Value) -> usize {
     }
 }
 
-/// Writes `objects` as compact JSON, one per line: an output in which every object is
-/// trivially a candidate.
-pub fn compact_lines(objects: &[Map<String, Value>]) -> Vec<u8> {
-    let mut output = Vec::new();
+/// Writes the `objects` of `output` one per line, as the agent wrote them, and nothing else: an
+/// output in which every object is trivially a candidate.
+///
+/// The original bytes are kept rather than the parsed values written again, because a number
+/// that `serde_json` reads as a float does not always print back to the same float.
+pub fn object_lines(output: &[u8], objects: &[Range<usize>]) -> Vec<u8> {
+    let mut lines = Vec::new();
     for object in objects {
-        output.extend_from_slice(Value::Object(object.clone()).to_string().as_bytes());
-        output.push(b'\n');
+        lines.extend_from_slice(&output[object.clone()]);
+        lines.push(b'\n');
     }
-    output
+    lines
 }
 
 /// Replaces `SIFT-*` keywords in `text` the plain way: at each character, try every keyword from
@@ -108,8 +114,9 @@ mod tests {
 
     #[test]
     fn reference_objects_skips_nested_and_mid_line() {
-        let found = reference_objects(b"log {\"a\":1}\n {\"b\":{\"c\":2}}\nx\n");
-        assert_eq!(compact_lines(&found), b"{\"b\":{\"c\":2}}\n");
+        let output = b"log {\"a\":1}\n {\"b\":{\"c\":2}}\nx\n";
+        let found = reference_objects(output);
+        assert_eq!(object_lines(output, &found), b"{\"b\":{\"c\":2}}\n");
     }
 
     #[test]
