@@ -3,7 +3,7 @@
 //! Substitution is compared with a plain reference model: at each character, try every keyword
 //! from the longest down, and copy the character when none matches. The reply parser gets
 //! generated valid replies in every accepted shape, wrapped in generated log lines, and must
-//! find and normalise them exactly as a model of the documented normalisation says.
+//! return exactly what a model of the documented normalisation returns.
 //!
 //! Set `PROPTEST_CASES` to run more cases than the default 256 per property.
 
@@ -57,7 +57,7 @@ fn keyword_strategy() -> impl Strategy<Value = &'static str> {
     proptest::sample::select(KEYWORDS.map(|(keyword, _)| keyword).to_vec())
 }
 
-/// Text made of keywords, keywords cut short, bare `SIFT-` prefixes and arbitrary Unicode.
+/// Generates text made of keywords, keywords cut short, bare `SIFT-` prefixes and arbitrary Unicode.
 fn keyword_text() -> impl Strategy<Value = String> {
     let piece = prop_oneof![
         3 => keyword_strategy().prop_map(str::to_owned),
@@ -70,7 +70,7 @@ fn keyword_text() -> impl Strategy<Value = String> {
     proptest::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
 }
 
-/// A context in which each key has a value or not; values contain keyword text too.
+/// Generates a context in which each key may have a value, and values contain keyword text.
 fn context_strategy() -> impl Strategy<Value = Context> {
     let value = || proptest::option::of(keyword_text());
     (
@@ -354,7 +354,7 @@ impl InfoSpec {
     }
 }
 
-/// A line an agent may print around its reply.
+/// Generates a line an agent may print around its reply.
 fn log_line() -> impl Strategy<Value = String> {
     let text = "[^\n]*".prop_filter("a line starting with { may be a reply", |line| {
         !line.trim_start_matches([' ', '\t', '\r']).starts_with('{')
