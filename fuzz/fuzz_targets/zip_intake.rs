@@ -6,10 +6,10 @@
 //! is written as a zip first. Bit 1 chooses `open_into` over `open_with_temp_dir`.
 //!
 //! After each call the target checks that nothing changed in the sandbox outside the package
-//! root, that a rejected archive left nothing behind, that an accepted package holds only plain
-//! files and folders without setuid, setgid or sticky bits, and that dropping the package
-//! removes its folder. The sandbox is nested a few folders deep, so an entry that climbed out of
-//! the root with `..` would land where the check sees it.
+//! root and that a rejected archive left nothing behind. An accepted package must contain only
+//! plain files and folders without setuid, setgid or sticky bits, and dropping it must remove its
+//! folder. The sandbox is nested a few folders deep, so an entry that climbed out of the root
+//! with `..` would land where the check sees it.
 //!
 //! When the fuzzer runs as root, each intake call runs with effective uid and gid 65534
 //! (`nobody`), so an escape to an absolute path fails with a permission error instead of
@@ -253,7 +253,7 @@ fn snapshot(root: &Path) -> BTreeSet<(PathBuf, u32, u64)> {
     found
 }
 
-/// Checks that a package root holds only plain files and folders with safe modes.
+/// Checks that a package root contains only plain files and folders with safe modes.
 fn check_package_tree(root: &Path) {
     let canonical_root = fs::canonicalize(root).expect("package root resolves");
     for (path, mode, _) in snapshot(root) {

@@ -448,11 +448,11 @@ async fn run_enforces_limits_inside_container() {
         lines[3], "spawner-exit=0",
         "a fork past the pids limit fails"
     );
-    let refused_forks: u64 = lines[4]
+    let rejected_forks: u64 = lines[4]
         .strip_prefix("max ")
         .and_then(|count| count.parse().ok())
         .unwrap_or_else(|| panic!("pids.events: {:?}", lines[4]));
-    assert!(refused_forks >= 1, "pids.events: {:?}", lines[4]);
+    assert!(rejected_forks >= 1, "pids.events: {:?}", lines[4]);
     assert_eq!(lines[5], "65534", "uid");
     assert_eq!(lines[6], "65534", "gid");
     fixture.assert_no_container(113).await;
