@@ -87,10 +87,16 @@ impl Regex {
 }
 
 #[derive(Arbitrary, Debug)]
+struct OptionInput {
+    label: Option<String>,
+    value: Option<Vec<Piece>>,
+}
+
+#[derive(Arbitrary, Debug)]
 struct FieldInput {
     name: Option<Name>,
     ui_element: u8,
-    options: Option<Vec<(Option<String>, Option<Vec<Piece>>)>>,
+    options: Option<Vec<OptionInput>>,
     value: Option<Vec<Piece>>,
     regex: Option<Regex>,
     validation_message: Option<String>,
@@ -122,12 +128,12 @@ fn manifest_json(input: &Input) -> Value {
             if let Some(options) = &field.options {
                 let options: Vec<Value> = options
                     .iter()
-                    .map(|(label, value)| {
+                    .map(|input| {
                         let mut option = Map::new();
-                        if let Some(label) = label {
+                        if let Some(label) = &input.label {
                             option.insert("label".into(), label.clone().into());
                         }
-                        if let Some(value) = value {
+                        if let Some(value) = &input.value {
                             option.insert("value".into(), assemble(value).into());
                         }
                         Value::Object(option)
