@@ -333,6 +333,18 @@ async fn prepare_manifest_command_bare_name() {
     );
 }
 
+/// An absolute `[run] command` program is this machine's program, as documented: the subprocess
+/// backend trusts the integration author, and the program runs as the agent, not as the engine.
+#[tokio::test]
+async fn prepare_manifest_command_absolute_program() {
+    let package = Package::new("FROM scratch\n");
+    let program = host_program("sh");
+    assert_eq!(
+        package.argv(Some(&[program.as_str(), "agent.sh"])).await,
+        [program.clone(), "agent.sh".to_owned()]
+    );
+}
+
 // --- Invalid packages ---------------------------------------------------------------------------
 
 /// Shell-form `ENTRYPOINT`: the message shows the exec form to write instead.
