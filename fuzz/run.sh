@@ -19,7 +19,9 @@ for target in $targets; do
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
         >"$log" 2>&1 || status=$?
     elapsed=$(( $(date +%s) - started ))
+    fuzzed=$(grep -Eo '^Done [0-9]+ runs in [0-9]+' "$log" | grep -Eo '[0-9]+$' || echo "?")
     runs=$(grep -Eo '^stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' || echo "?")
     rss=$(grep -Eo '^stat::peak_rss_mb: *[0-9]+' "$log" | grep -Eo '[0-9]+$' || echo "?")
-    echo "$target: exit $status after ${elapsed} s, $runs executions, peak RSS $rss MB (log: fuzz/$log)"
+    echo "$target: exit $status after ${elapsed} s (${fuzzed} s fuzzing), $runs executions," \
+        "peak RSS $rss MB (log: fuzz/$log)"
 done

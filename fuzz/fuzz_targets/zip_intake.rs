@@ -191,6 +191,9 @@ fn patch_modes(bytes: &mut [u8], modes: &[(usize, u32)]) {
 
 /// Folder under which each run makes its sandbox: `AGENTRUN_FUZZ_TMP`, else `/dev/shm` (a
 /// memory file system, which keeps runs fast), else the system's temporary folder.
+///
+/// NOTE: this empty `agentrun-fuzz-zip-*` folder stays after the fuzzer exits, because statics
+/// are never dropped; each run's own sandbox is removed.
 fn sandbox_base() -> &'static Path {
     static BASE: OnceLock<PathBuf> = OnceLock::new();
     BASE.get_or_init(|| {
