@@ -610,6 +610,33 @@ mod tests {
         }
     }
 
+    /// A job id past `u64::MAX` or with a fraction is no job's id. serde_json reads such
+    /// numbers as floats, so the message quotes the float.
+    #[test]
+    fn reply_float_job_id_is_malformed() {
+        let stdout = format!(
+            "{{\"type\":\"info\",\"job_id\":1{},\"payload\":{{\"message\":\"x\"}}}}",
+            u64::MAX
+        );
+        let error = info(&stdout).expect_err("job id past u64::MAX");
+        assert!(
+            matches!(&error, ReplyError::Malformed { field, expected, .. }
+                if field == "job_id" && *expected == "a non-negative integer, or a string of digits"),
+            "{error:?}"
+        );
+
+        let stdout = json!({"type": "info", "job_id": 1.5, "payload": {"message": "x"}});
+        let error = info(&stdout.to_string()).expect_err("fractional job id");
+        assert_eq!(
+            error,
+            ReplyError::Malformed {
+                field: "job_id".to_owned(),
+                expected: "a non-negative integer, or a string of digits",
+                found: "the number 1.5".to_owned(),
+            }
+        );
+    }
+
     #[test]
     fn reply_negative_job_id_is_malformed() {
         let stdout = json!({"type": "info", "job_id": -1, "payload": {"message": "x"}});
