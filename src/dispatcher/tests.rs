@@ -179,6 +179,40 @@ async fn work_sends_message_in_field_order() {
     assert_eq!(result.job_id, 1_700_000_000_000);
 }
 
+/// Field values and context values that look like paths stay text: they reach the agent in the
+/// payload exactly as given, and the job's package, environment and limits do not change.
+#[tokio::test]
+async fn work_path_values_stay_payload_text() {
+    let executor = FakeExecutor::new(replying(0));
+    let dispatcher = Dispatcher::new(executor.clone());
+    let integration = integration(
+        "name = \"paths\"\n\
+         [[fields]]\nname = \"prefilled\"\nvalue = \"SIFT-REPORT-NAME/SIFT-USER-NAME\"\n\
+         [[fields]]\nname = \"typed\"\n\
+         [env]\nA = \"1\"\n",
+    );
+    let mut work = request(&[("typed", "/etc/shadow")]);
+    work.context =
+        Context::from_pairs(["report-name=../../..", "user-name=etc/passwd"]).expect("context");
+
+    with_timeout(dispatcher.work(&integration, &prepared(), work))
+        .await
+        .expect("job runs");
+
+    let jobs = executor.jobs();
+    let request: serde_json::Value = serde_json::from_slice(&jobs[0].stdin).expect("JSON");
+    assert_eq!(
+        request["payload"],
+        json!([
+            {"name": "prefilled", "value": "../../../etc/passwd"},
+            {"name": "typed", "value": "/etc/shadow"},
+        ])
+    );
+    assert_eq!(jobs[0].env, [("A".to_owned(), "1".to_owned())]);
+    assert_eq!(jobs[0].limits, Limits::default());
+    assert_eq!(integration.package_spec().root, Path::new("/pkg"));
+}
+
 #[tokio::test]
 async fn work_draws_increasing_job_ids() {
     let executor = FakeExecutor::new(replying(0));

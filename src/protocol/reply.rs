@@ -199,8 +199,8 @@ fn select_reply(
     let matching = typed.iter().rposition(|object| {
         object
             .get("job_id")
-            .and_then(|value| integer_field("job_id", value).ok())
-            .is_some_and(|id| u64::try_from(id).ok() == Some(expected_job_id))
+            .and_then(|value| job_id_field(value).ok())
+            == Some(expected_job_id)
     });
     let index = match matching {
         Some(index) => index,
@@ -218,12 +218,7 @@ fn select_reply(
     let job_id = match object.get("job_id") {
         None | Some(Value::Null) => None,
         Some(value) => {
-            let id = integer_field("job_id", value)?;
-            let id = u64::try_from(id).map_err(|_| ReplyError::Malformed {
-                field: "job_id".to_owned(),
-                expected: "a non-negative integer",
-                found: describe_value(value),
-            })?;
+            let id = job_id_field(value)?;
             if id != expected_job_id {
                 return Err(ReplyError::JobIdMismatch {
                     expected: expected_job_id,
@@ -355,6 +350,21 @@ fn integer_field(field: &str, value: &Value) -> Result<i64, ReplyError> {
     parsed.ok_or_else(|| ReplyError::Malformed {
         field: field.to_owned(),
         expected: "an integer, or a string of digits",
+        found: describe_value(value),
+    })
+}
+
+/// Reads a job id written as a JSON integer or as a string of decimal digits. Job ids are
+/// `u64`, so ids above `i64::MAX` are valid too.
+fn job_id_field(value: &Value) -> Result<u64, ReplyError> {
+    let parsed = match value {
+        Value::Number(number) => number.as_u64(),
+        Value::String(text) => text.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    parsed.ok_or_else(|| ReplyError::Malformed {
+        field: "job_id".to_owned(),
+        expected: "a non-negative integer, or a string of digits",
         found: describe_value(value),
     })
 }
@@ -579,6 +589,65 @@ mod tests {
         assert!(
             matches!(&error, ReplyError::Malformed { field, .. } if field == "job_id"),
             "{error:?}"
+        );
+    }
+
+    /// Job ids are `u64`: an id above `i64::MAX`, as a number or as digits, is the job's own.
+    #[test]
+    fn reply_job_id_above_i64_max() {
+        let job_id = u64::MAX;
+        for written in [json!(job_id), json!(job_id.to_string())] {
+            let stdout = json!({"type": "info", "job_id": written, "payload": {"message": "x"}});
+            let reply = parse_info_reply(stdout.to_string().as_bytes(), job_id)
+                .expect("a reply with the job's id");
+            assert_eq!(reply.job_id, Some(job_id));
+            assert_eq!(reply.raw["job_id"], json!(job_id));
+
+            let stdout = json!({"type": "heartbeat", "job_id": written});
+            let heartbeat = parse_heartbeat(stdout.to_string().as_bytes(), job_id)
+                .expect("a heartbeat with the job's id");
+            assert_eq!(heartbeat.job_id, Some(job_id));
+        }
+    }
+
+    /// A job id past `u64::MAX` or with a fraction is no job's id. serde_json reads such
+    /// numbers as floats, so the message quotes the float.
+    #[test]
+    fn reply_float_job_id_is_malformed() {
+        let stdout = format!(
+            "{{\"type\":\"info\",\"job_id\":1{},\"payload\":{{\"message\":\"x\"}}}}",
+            u64::MAX
+        );
+        let error = info(&stdout).expect_err("job id past u64::MAX");
+        assert!(
+            matches!(&error, ReplyError::Malformed { field, expected, .. }
+                if field == "job_id" && *expected == "a non-negative integer, or a string of digits"),
+            "{error:?}"
+        );
+
+        let stdout = json!({"type": "info", "job_id": 1.5, "payload": {"message": "x"}});
+        let error = info(&stdout.to_string()).expect_err("fractional job id");
+        assert_eq!(
+            error,
+            ReplyError::Malformed {
+                field: "job_id".to_owned(),
+                expected: "a non-negative integer, or a string of digits",
+                found: "the number 1.5".to_owned(),
+            }
+        );
+    }
+
+    #[test]
+    fn reply_negative_job_id_is_malformed() {
+        let stdout = json!({"type": "info", "job_id": -1, "payload": {"message": "x"}});
+        let error = info(&stdout.to_string()).expect_err("negative job id");
+        assert_eq!(
+            error,
+            ReplyError::Malformed {
+                field: "job_id".to_owned(),
+                expected: "a non-negative integer, or a string of digits",
+                found: "the number -1".to_owned(),
+            }
         );
     }
 

@@ -111,6 +111,13 @@ mod tests {
         assert_ne!(first, second);
     }
 
+    /// An integration name with path text cannot reach outside the tag's repository name.
+    #[test]
+    fn image_tag_of_path_like_name() {
+        let tag = image_tag("../../etc/passwd:latest@sha256", "abcdef01", "00");
+        assert_eq!(tag, "agentrun/etc-passwd-latest-sha256-abcdef01:00");
+    }
+
     #[test]
     fn image_tag_of_symbol_only_name() {
         let tag = image_tag("!!!", "abcdef01", "00");

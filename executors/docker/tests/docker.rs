@@ -395,6 +395,70 @@ async fn run_applies_hardening_and_limits() {
     fixture.cleanup().await;
 }
 
+/// An agent that probes its limits from inside: the memory and pids limits as the cgroup
+/// reports them, then a 100 MiB allocation and 40 background processes, then its user. The
+/// paths cover cgroup v1 and v2.
+const LIMITS_PROBE: &str = "\
+cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max
+cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max
+dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null; echo dd-exit=$?
+sh -c 'i=0; while [ $i -lt 40 ]; do sleep 600 & i=$((i+1)); done' 2>/dev/null; echo spawner-exit=$?
+cat /sys/fs/cgroup/pids/pids.events 2>/dev/null || cat /sys/fs/cgroup/pids.events
+id -u
+id -g
+";
+
+/// The memory and pids limits hold inside the container: an allocation past the memory limit
+/// is killed, a fork past the pids limit fails, and the agent runs as the configured user.
+#[tokio::test]
+async fn run_enforces_limits_inside_container() {
+    let Some(mut fixture) = Fixture::connect("limits-inside").await else {
+        return;
+    };
+    let package = fixture.script_package("agent", LIMITS_PROBE);
+    let prepared = fixture.prepare(&package).await;
+
+    let mut job = job(113, DESCRIBE);
+    job.limits = Limits {
+        memory_bytes: Some(64 * 1024 * 1024),
+        pids: Some(16),
+        user: Some("65534:65534".to_owned()),
+        ..Limits::default()
+    };
+    let outcome = within("run", fixture.executor.run(&prepared, job))
+        .await
+        .expect("run");
+
+    assert_eq!(outcome.end, JobEnd::Exited);
+    assert_eq!(
+        outcome.exit,
+        ExitStatus::Code(0),
+        "{}",
+        outcome.stderr_text()
+    );
+    let lines: Vec<&str> = text(&outcome.stdout).lines().collect();
+    assert_eq!(lines.len(), 7, "stdout: {lines:?}");
+    assert_eq!(lines[0], "67108864", "memory limit");
+    assert_eq!(lines[1], "16", "pids limit");
+    assert_eq!(
+        lines[2], "dd-exit=137",
+        "the allocation past the limit is killed"
+    );
+    assert_ne!(
+        lines[3], "spawner-exit=0",
+        "a fork past the pids limit fails"
+    );
+    let rejected_forks: u64 = lines[4]
+        .strip_prefix("max ")
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("pids.events: {:?}", lines[4]));
+    assert!(rejected_forks >= 1, "pids.events: {:?}", lines[4]);
+    assert_eq!(lines[5], "65534", "uid");
+    assert_eq!(lines[6], "65534", "gid");
+    fixture.assert_no_container(113).await;
+    fixture.cleanup().await;
+}
+
 /// An engine that does not respond is `Unavailable`, naming the address that was tried.
 #[tokio::test]
 async fn connect_unreachable_host_is_unavailable() {

@@ -436,6 +436,65 @@ async fn run_hardening_visible_in_inspect() {
     assert_no_containers(&instance).await;
 }
 
+/// An agent that probes its limits from inside: the memory and pids limits as the cgroup
+/// reports them, then a 100 MiB allocation and 40 background processes, then its user. The
+/// paths cover cgroup v1 and v2.
+const LIMITS_PROBE: &str = "\
+cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max
+cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max
+dd if=/dev/zero of=/dev/null bs=100M count=1 2>/dev/null; echo dd-exit=$?
+sh -c 'i=0; while [ $i -lt 40 ]; do sleep 600 & i=$((i+1)); done' 2>/dev/null; echo spawner-exit=$?
+cat /sys/fs/cgroup/pids/pids.events 2>/dev/null || cat /sys/fs/cgroup/pids.events
+id -u
+id -g
+";
+
+/// The memory and pids limits hold inside the container: an allocation past the memory limit
+/// is killed, a fork past the pids limit fails, and the agent runs as the configured user.
+#[tokio::test]
+async fn run_enforces_limits_inside_container() {
+    require_podman!("run_enforces_limits_inside_container");
+    let (executor, prepared, instance, _dir) = executor_with_agent(LIMITS_PROBE).await;
+    let mut job = job(25, b"");
+    job.limits = Limits {
+        memory_bytes: Some(64 * 1024 * 1024),
+        pids: Some(16),
+        user: Some("65534:65534".to_owned()),
+        ..Limits::default()
+    };
+
+    let outcome = run(&executor, &prepared, job).await;
+
+    assert_eq!(outcome.end, JobEnd::Exited);
+    assert_eq!(
+        outcome.exit,
+        ExitStatus::Code(0),
+        "{}",
+        outcome.stderr_text()
+    );
+    let stdout = String::from_utf8_lossy(&outcome.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 7, "stdout: {lines:?}");
+    assert_eq!(lines[0], "67108864", "memory limit");
+    assert_eq!(lines[1], "16", "pids limit");
+    assert_eq!(
+        lines[2], "dd-exit=137",
+        "the allocation past the limit is killed"
+    );
+    assert_ne!(
+        lines[3], "spawner-exit=0",
+        "a fork past the pids limit fails"
+    );
+    let rejected_forks: u64 = lines[4]
+        .strip_prefix("max ")
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("pids.events: {:?}", lines[4]));
+    assert!(rejected_forks >= 1, "pids.events: {:?}", lines[4]);
+    assert_eq!(lines[5], "65534", "uid");
+    assert_eq!(lines[6], "65534", "gid");
+    assert_no_containers(&instance).await;
+}
+
 /// Preparing an unchanged package again finds its image, and two concurrent prepares of a
 /// new package build it once.
 #[tokio::test]

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::dockerfile::{self, CommandForm, CopyInstruction, FinalStage, IMAGE_PATH};
 use crate::MINIMAL_PATH;
@@ -123,6 +123,18 @@ pub(crate) enum PrepareError {
         resolved: PathBuf,
     },
 
+    /// A relative path climbs out of the package folder through `..`.
+    #[error(
+        "`{written}` from {origin} points outside the package folder through `..`: refer to a \
+         file inside the package"
+    )]
+    LeavesPackage {
+        /// The path as written.
+        written: String,
+        /// Source of the path.
+        origin: String,
+    },
+
     /// A path is not valid UTF-8, which the command line needs.
     #[error("path `{}` is not valid UTF-8: rename the package folder or file", path.display())]
     NonUtf8Path {
@@ -169,6 +181,14 @@ fn resolve_manifest_command(root: &Path, command: &[String]) -> Result<Vec<Strin
     let origin = "`[run] command` in integration.toml";
 
     let path = if program.contains('/') {
+        // Checked on the text first, so that the engine never looks at a file outside the
+        // package and its messages never tell whether one exists.
+        if Path::new(program).is_relative() && climbs_out(Path::new(program)) {
+            return Err(PrepareError::LeavesPackage {
+                written: program.clone(),
+                origin: origin.to_owned(),
+            });
+        }
         // Joining the components drops `.` parts, so messages show a clean path.
         let candidate: PathBuf = root.join(Path::new(program).components().collect::<PathBuf>());
         if !candidate.exists() {
@@ -611,6 +631,21 @@ fn wildcard_match(pattern: &str, name: &str) -> bool {
     pattern[p..].iter().all(|c| *c == '*')
 }
 
+/// Returns true when the relative `path` goes above its starting folder at any point, such as
+/// `../x` or `a/../../x`.
+fn climbs_out(path: &Path) -> bool {
+    let mut depth: usize = 0;
+    for component in path.components() {
+        match component {
+            Component::Normal(_) => depth += 1,
+            Component::ParentDir if depth == 0 => return true,
+            Component::ParentDir => depth -= 1,
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    false
+}
+
 /// Canonicalizes a package path and checks that it stays inside the package folder.
 fn inside_package(
     root: &Path,
@@ -682,6 +717,16 @@ mod tests {
         assert_eq!(context_relative("/a/./b/"), Some("a/b".to_owned()));
         assert_eq!(context_relative("."), Some(String::new()));
         assert_eq!(context_relative("a/../.."), None);
+    }
+
+    #[test]
+    fn climbs_out_cases() {
+        assert!(climbs_out(Path::new("../x")));
+        assert!(climbs_out(Path::new("a/../../x")));
+        assert!(climbs_out(Path::new("./..")));
+        assert!(!climbs_out(Path::new("a/../x")));
+        assert!(!climbs_out(Path::new("./a/b/..")));
+        assert!(!climbs_out(Path::new("..a/b..")));
     }
 
     #[test]

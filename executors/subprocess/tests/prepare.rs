@@ -333,6 +333,18 @@ async fn prepare_manifest_command_bare_name() {
     );
 }
 
+/// An absolute `[run] command` program is this machine's program, as documented: the subprocess
+/// backend trusts the integration author, and the program runs as the agent, not as the engine.
+#[tokio::test]
+async fn prepare_manifest_command_absolute_program() {
+    let package = Package::new("FROM scratch\n");
+    let program = host_program("sh");
+    assert_eq!(
+        package.argv(Some(&[program.as_str(), "agent.sh"])).await,
+        [program.clone(), "agent.sh".to_owned()]
+    );
+}
+
 // --- Invalid packages ---------------------------------------------------------------------------
 
 /// Shell-form `ENTRYPOINT`: the message shows the exec form to write instead.
@@ -523,6 +535,53 @@ async fn prepare_rejects_manifest_program_outside_package() {
     let escape = format!("{}bin/sh", "../".repeat(depth));
     let reason = package.invalid(Some(&[escape.as_str()])).await;
     assert_contains(&reason, "outside the package folder");
+}
+
+/// A `[run] command` program that climbs out of the package is rejected on its text, whether
+/// or not the file exists, so the message never reveals what the engine's machine holds.
+#[tokio::test]
+async fn prepare_rejects_escape_without_looking() {
+    let package = Package::new("FROM scratch\n");
+    let depth = package.root().components().count();
+    for target in ["bin/sh", "agentrun-no-such-file"] {
+        let escape = format!("agent/{}{target}", "../".repeat(depth + 1));
+        let reason = package.invalid(Some(&[escape.as_str()])).await;
+        assert_contains(
+            &reason,
+            &format!("`{escape}` from `[run] command` in integration.toml points outside the package folder"),
+        );
+        assert!(!reason.contains("does not exist"), "{reason}");
+        assert!(!reason.contains("resolves to"), "{reason}");
+    }
+}
+
+/// A `COPY` source that leaves the build context maps to nothing, even when a file exists
+/// there: the program is not found rather than taken from outside the package.
+#[tokio::test]
+async fn prepare_ignores_copy_source_outside_context() {
+    let outside = tempfile::tempdir().expect("temporary folder");
+    let agent = outside.path().join("agent.sh");
+    fs::write(&agent, "#!/bin/sh\necho outside\n").expect("write");
+    fs::set_permissions(&agent, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let package = Package::new("FROM scratch\nENTRYPOINT [\"/app/agent.sh\"]\n");
+    let depth = package.root().components().count();
+    let source = format!(
+        "{}{}",
+        "../".repeat(depth),
+        agent.display().to_string().trim_start_matches('/')
+    );
+    fs::write(
+        package.root().join("Dockerfile"),
+        format!("FROM scratch\nCOPY {source} /app/agent.sh\nENTRYPOINT [\"/app/agent.sh\"]\n"),
+    )
+    .expect("write Dockerfile");
+
+    let reason = package.invalid(None).await;
+
+    assert_contains(
+        &reason,
+        "no COPY or ADD puts a package file at `/app/agent.sh`",
+    );
 }
 
 /// A bare `[run] command` program that is not installed.

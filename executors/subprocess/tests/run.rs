@@ -689,6 +689,80 @@ async fn run_switches_user_as_root() {
     );
 }
 
+/// As root, a switched agent has only the agent user's file access: it can neither read a
+/// file that only root may read nor write to a folder that only root may write to. The same
+/// script without a user shows that root could do both.
+#[tokio::test]
+async fn run_switched_user_lacks_root_access() {
+    if !running_as_root() {
+        eprintln!("skipped: switching the agent's user needs a root engine");
+        return;
+    }
+    let private = tempfile::tempdir().expect("temporary folder");
+    fs::set_permissions(private.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let secret = private.path().join("secret");
+    fs::write(&secret, "root only").expect("write secret");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let agent = Agent::script(&format!(
+        "cat '{}' >/dev/null 2>&1 && echo read || echo read-denied
+         touch '{}/new' 2>/dev/null && echo wrote || echo write-denied",
+        secret.display(),
+        private.path().display()
+    ))
+    .await;
+    fs::set_permissions(agent.package_dir(), fs::Permissions::from_mode(0o755)).expect("chmod");
+
+    let mut job = work_job(35, None, "x");
+    job.limits.user = Some("65534:65534".to_owned());
+    let switched = agent.run(job).await;
+    let as_root = agent.run(work_job(36, None, "x")).await;
+
+    assert_eq!(
+        String::from_utf8_lossy(&switched.stdout),
+        "read-denied\nwrite-denied\n",
+        "{}",
+        switched.stderr_text()
+    );
+    assert_eq!(String::from_utf8_lossy(&as_root.stdout), "read\nwrote\n");
+}
+
+/// As root with an agent user, the limits hold for the agent: `nproc` stops its forks, and it
+/// cannot raise `nofile` again, because only root may raise a hard limit.
+#[tokio::test]
+async fn run_switched_user_is_held_to_limits() {
+    if !running_as_root() {
+        eprintln!("skipped: switching the agent's user needs a root engine");
+        return;
+    }
+    let agent = Agent::script(
+        "/bin/sh -c 'i=0; while [ $i -lt 40 ]; do sleep 30 & i=$((i+1)); done' 2>/dev/null
+         echo spawner-exit=$?
+         ulimit -n 128 2>/dev/null && echo raised || echo raise-denied",
+    )
+    .await;
+    fs::set_permissions(agent.package_dir(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut job = work_job(37, None, "x");
+    job.limits = Limits {
+        user: Some("65534:65534".to_owned()),
+        nproc: Some(8),
+        nofile: Some(64),
+        ..Limits::default()
+    };
+
+    let outcome = agent.run(job).await;
+
+    let stdout = String::from_utf8_lossy(&outcome.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "stdout: {stdout:?}, stderr: {}",
+        outcome.stderr_text()
+    );
+    assert_ne!(lines[0], "spawner-exit=0", "a fork past nproc must fail");
+    assert_eq!(lines[1], "raise-denied");
+}
+
 /// An unknown agent user fails the job before anything starts.
 #[tokio::test]
 async fn run_rejects_unknown_user() {
