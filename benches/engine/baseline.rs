@@ -1,5 +1,5 @@
-//! What a user would run without agentrun: a direct fork/exec of the agent's command, or the
-//! runtime's CLI (`docker run -i --rm …`, `podman run -i --rm …`).
+//! Baselines: what a user would run without agentrun, a direct fork/exec of the agent's command or
+//! the runtime's CLI (`docker run -i --rm …`, `podman run -i --rm …`).
 //!
 //! Baselines run on plain threads with `std::process`, so that no async runtime adds to them.
 

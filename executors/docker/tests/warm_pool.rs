@@ -172,8 +172,7 @@ async fn pooled_env_is_exact() {
         return;
     };
     // HOSTNAME is the container id, which differs between any two containers.
-    let package =
-        fixture.script_package("agent", "read -r line\nenv | grep -v '^HOSTNAME='\n");
+    let package = fixture.script_package("agent", "read -r line\nenv | grep -v '^HOSTNAME='\n");
     let prepared = fixture.prepare(&package).await;
     let env = vec![
         ("TOKEN".to_owned(), "a=b 'c' \"d\"\nline two ✓".to_owned()),
