@@ -257,6 +257,30 @@ mod tests {
     }
 
     #[test]
+    fn config_reads_warm_pool() {
+        let config: DockerConfig = toml::from_str(
+            r#"
+            warm_pool_size = 2
+            warm_pool_idle_secs = 30
+
+            [warm_pool_integrations]
+            Echo = 4
+            Slack = 0
+            "#,
+        )
+        .expect("warm pool config parses");
+        assert_eq!(config.warm_pool_size, 2);
+        assert_eq!(config.warm_pool_idle_secs, 30);
+        assert_eq!(config.warm_pool_integrations["Echo"], 4);
+        assert_eq!(config.warm_pool_integrations["Slack"], 0);
+
+        let defaults = DockerConfig::default();
+        assert_eq!(defaults.warm_pool_size, 0);
+        assert_eq!(defaults.warm_pool_idle_secs, 300);
+        assert!(defaults.warm_pool_integrations.is_empty());
+    }
+
+    #[test]
     fn config_rejects_unknown_field() {
         let error = toml::from_str::<DockerConfig>("hots = \"unix:///x\"")
             .expect_err("a misspelt key must fail");
