@@ -654,6 +654,14 @@ async fn bench_containers(
         ));
         wait_until(|| stats().1 == 0).await;
     }
+
+    // Remove the warm containers now: a pool's removal on drop runs in background tasks,
+    // which the runtime's shutdown at exit would cut short.
+    backends
+        .cold
+        .sweep(&[])
+        .await
+        .map_err(|error| format!("removing the benchmark's containers failed: {error}"))?;
     Ok(())
 }
 
