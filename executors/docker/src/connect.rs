@@ -52,11 +52,13 @@ impl DockerExecutor {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "connected to the Docker engine"
         );
+        let pool = crate::pool::WarmPool::new(&docker, &host, &config);
         Ok(Self {
             docker,
             config,
             host,
             build_locks: Mutex::new(HashMap::new()),
+            pool,
         })
     }
 

@@ -29,11 +29,12 @@
 //! agent's output from the container's logs ([`Executor::recover`]) and remove it.
 
 mod connect;
+mod pool;
 mod prepare;
 mod recover;
 mod run;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -53,6 +54,14 @@ pub const DEFAULT_INSTANCE: &str = "agentrun";
 
 /// Default limit on one image build, in seconds.
 pub const DEFAULT_BUILD_TIMEOUT_SECS: u64 = 600;
+
+/// Default number of warm containers per key: none, so the warm pool is off.
+pub const DEFAULT_WARM_POOL_SIZE: usize = 0;
+
+/// Default time a warm container may wait for a job before it is removed, in seconds.
+pub const DEFAULT_WARM_POOL_IDLE_SECS: u64 = 300;
+
+pub use pool::{WarmPoolStats, IDLE_OUTPUT_BYTES, LABEL_WARM_POOL};
 
 /// Configuration of the Docker backend.
 ///
@@ -78,6 +87,16 @@ pub struct DockerConfig {
     pub log_driver: Option<String>,
     /// Limit on one image build, in seconds. Default 600.
     pub build_timeout_secs: u64,
+    /// Number of containers kept created and started ahead of demand for each distinct
+    /// container configuration (image, environment, limits, network, user), so that a job
+    /// skips the container start. 0 turns the warm pool off. Each warm container holds its
+    /// agent's memory while it waits. Default 0.
+    pub warm_pool_size: usize,
+    /// Time a warm container may wait for a job before it is removed, in seconds. Default 300.
+    pub warm_pool_idle_secs: u64,
+    /// Warm pool size per integration name, replacing `warm_pool_size` for that integration
+    /// (0 turns the pool off for it). Default: empty.
+    pub warm_pool_integrations: BTreeMap<String, usize>,
 }
 
 impl Default for DockerConfig {
@@ -88,6 +107,9 @@ impl Default for DockerConfig {
             network: None,
             log_driver: None,
             build_timeout_secs: DEFAULT_BUILD_TIMEOUT_SECS,
+            warm_pool_size: DEFAULT_WARM_POOL_SIZE,
+            warm_pool_idle_secs: DEFAULT_WARM_POOL_IDLE_SECS,
+            warm_pool_integrations: BTreeMap::new(),
         }
     }
 }
@@ -123,9 +145,19 @@ pub struct DockerExecutor {
     /// One lock per image tag being built, so that concurrent prepares of one package build once.
     /// Entries are weak, so a tag's lock goes away with its last prepare.
     build_locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// Warm containers, when the configuration asks for any.
+    pool: Option<pool::WarmPool>,
 }
 
 impl DockerExecutor {
+    /// Returns the warm pool's counts, all zero when the pool is off.
+    pub fn warm_pool_stats(&self) -> WarmPoolStats {
+        self.pool
+            .as_ref()
+            .map(pool::WarmPool::stats)
+            .unwrap_or_default()
+    }
+
     /// Returns the configuration the executor was connected with.
     pub fn config(&self) -> &DockerConfig {
         &self.config
@@ -222,6 +254,30 @@ mod tests {
         assert_eq!(config.network.as_deref(), Some("none"));
         assert_eq!(config.log_driver.as_deref(), Some("local"));
         assert_eq!(config.build_timeout_secs, 30);
+    }
+
+    #[test]
+    fn config_reads_warm_pool() {
+        let config: DockerConfig = toml::from_str(
+            r#"
+            warm_pool_size = 2
+            warm_pool_idle_secs = 30
+
+            [warm_pool_integrations]
+            Echo = 4
+            Slack = 0
+            "#,
+        )
+        .expect("warm pool config parses");
+        assert_eq!(config.warm_pool_size, 2);
+        assert_eq!(config.warm_pool_idle_secs, 30);
+        assert_eq!(config.warm_pool_integrations["Echo"], 4);
+        assert_eq!(config.warm_pool_integrations["Slack"], 0);
+
+        let defaults = DockerConfig::default();
+        assert_eq!(defaults.warm_pool_size, 0);
+        assert_eq!(defaults.warm_pool_idle_secs, 300);
+        assert!(defaults.warm_pool_integrations.is_empty());
     }
 
     #[test]

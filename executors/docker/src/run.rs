@@ -25,7 +25,7 @@ use tokio::time::sleep_until;
 use tracing::{debug, warn, Instrument, Span};
 
 use crate::connect::{engine_error, status_code};
-use crate::{DockerConfig, DockerExecutor, EXECUTOR};
+use crate::{pool, DockerConfig, DockerExecutor, EXECUTOR};
 
 /// How long to wait for the exit code of a container that was just killed. A killed container
 /// exits at once; the limit only matters when the engine itself hangs.
@@ -59,14 +59,29 @@ async fn run_in_span(
     let started_at = SystemTime::now();
 
     let body = container_body(&executor.config, prepared, &job)?;
-    // The guard removes the container on every path, also when this future is dropped before
-    // it completes.
-    let guard = create(executor, body).await?;
-    let id = guard.id().to_owned();
-    Span::current().record("container_id", short_id(&id));
-
-    let result = drive(executor, &id, &job).await;
-    guard.remove().await;
+    let warm = match &executor.pool {
+        Some(pool) => pool::run_warm(executor, pool, &prepared.integration, &body, &job).await,
+        None => None,
+    };
+    let (result, id, started_at) = match warm {
+        Some(result) => {
+            let (end, exit, capture, id, taken_at) = result?;
+            (Ok((end, exit, capture)), id, taken_at)
+        }
+        None => {
+            // The guard removes the container on every path, also when this future is dropped
+            // before it completes.
+            let guard = create(executor, body.clone()).await?;
+            let id = guard.id().to_owned();
+            Span::current().record("container_id", short_id(&id));
+            let result = drive(executor, &id, &job).await;
+            guard.remove().await;
+            (result, id, started_at)
+        }
+    };
+    if let Some(pool) = &executor.pool {
+        pool.replenish(&prepared.integration, &body);
+    }
 
     let (end, exit, capture) = result?;
     let (stdout, stderr_tail, stderr_total_bytes) = capture.finish();
@@ -95,10 +110,7 @@ async fn drive(
     id: &str,
     job: &JobSpec,
 ) -> Result<(JobEnd, ExitStatus, OutputCapture), ExecutorError> {
-    let stop = Stop {
-        deadline: tokio::time::Instant::now() + job.timeout,
-        cancel: job.cancel.clone(),
-    };
+    let stop = Stop::new(job);
     let mut capture = OutputCapture::new(job.max_stdout_bytes, job.stderr_tail_bytes);
     let mut started = false;
 
@@ -410,9 +422,13 @@ pub(crate) struct RemovalGuard {
 
 impl RemovalGuard {
     pub(crate) fn new(executor: &DockerExecutor, id: &str) -> Self {
+        Self::with_docker(executor.docker.clone(), id.to_owned())
+    }
+
+    pub(crate) fn with_docker(docker: Docker, id: String) -> Self {
         Self {
-            docker: Some(executor.docker.clone()),
-            id: id.to_owned(),
+            docker: Some(docker),
+            id,
         }
     }
 
@@ -471,13 +487,13 @@ impl Drop for AbortOnDrop {
 
 /// Reason a job stopped before its agent exited on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stopped {
+pub(crate) enum Stopped {
     TimedOut,
     Cancelled,
 }
 
 impl Stopped {
-    fn end(self) -> JobEnd {
+    pub(crate) fn end(self) -> JobEnd {
         match self {
             Self::TimedOut => JobEnd::TimedOut,
             Self::Cancelled => JobEnd::Cancelled,
@@ -487,14 +503,27 @@ impl Stopped {
 
 /// The job's deadline and cancellation token, shared by every step that waits on the agent.
 #[derive(Debug)]
-struct Stop {
+pub(crate) struct Stop {
     deadline: tokio::time::Instant,
     cancel: CancellationToken,
 }
 
 impl Stop {
+    /// Starts the job's deadline now.
+    pub(crate) fn new(job: &JobSpec) -> Self {
+        // A timeout too large to add (such as `Duration::MAX`) means no deadline in practice.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(job.timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 60 * 60));
+        Self {
+            deadline,
+            cancel: job.cancel.clone(),
+        }
+    }
+
     /// Runs `step` until it completes, the deadline passes or the job is cancelled.
-    async fn run<F: Future>(&self, step: F) -> Result<F::Output, Stopped> {
+    pub(crate) async fn run<F: Future>(&self, step: F) -> Result<F::Output, Stopped> {
         tokio::select! {
             // Checked first, so a job cancelled before it started never starts its agent.
             biased;

@@ -46,7 +46,7 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    fn new(socket: PathBuf, service: Option<Arc<ServiceProcess>>) -> Self {
+    pub(crate) fn new(socket: PathBuf, service: Option<Arc<ServiceProcess>>) -> Self {
         Self {
             podman: Podman::unix(&socket),
             socket,
@@ -197,11 +197,13 @@ impl PodmanExecutor {
     }
 
     fn with_connection(config: PodmanConfig, connection: Connection) -> Self {
+        let pool = crate::pool::WarmPool::new(&config);
         Self {
             config,
             connection: Mutex::new(connection),
             restart: tokio::sync::Mutex::new(()),
             build_locks: Mutex::new(HashMap::new()),
+            pool,
         }
     }
 

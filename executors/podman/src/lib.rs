@@ -46,12 +46,13 @@
 
 mod connect;
 mod libpod;
+mod pool;
 mod prepare;
 mod recover;
 mod run;
 mod service;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -76,6 +77,14 @@ pub const DEFAULT_PODMAN_BINARY: &str = "podman";
 
 /// Default limit on one image build, in seconds.
 pub const DEFAULT_BUILD_TIMEOUT_SECS: u64 = 600;
+
+/// Default number of warm containers per key: none, so the warm pool is off.
+pub const DEFAULT_WARM_POOL_SIZE: usize = 0;
+
+/// Default time a warm container may wait for a job before it is removed, in seconds.
+pub const DEFAULT_WARM_POOL_IDLE_SECS: u64 = 300;
+
+pub use pool::{WarmPoolStats, LABEL_WARM_POOL};
 
 /// Configuration of the Podman backend.
 ///
@@ -116,6 +125,16 @@ pub struct PodmanConfig {
     pub podman_binary: PathBuf,
     /// Limit on one image build, in seconds. Default 600.
     pub build_timeout_secs: u64,
+    /// Number of containers kept created and started ahead of demand for each distinct
+    /// container configuration (image, environment, limits, network, user), so that a job
+    /// skips the container start. 0 turns the warm pool off. Each warm container holds its
+    /// agent's memory and a `conmon` process while it waits. Default 0.
+    pub warm_pool_size: usize,
+    /// Time a warm container may wait for a job before it is removed, in seconds. Default 300.
+    pub warm_pool_idle_secs: u64,
+    /// Warm pool size per integration name, replacing `warm_pool_size` for that integration
+    /// (0 turns the pool off for it). Default: empty.
+    pub warm_pool_integrations: BTreeMap<String, usize>,
 }
 
 impl Default for PodmanConfig {
@@ -129,6 +148,9 @@ impl Default for PodmanConfig {
             service_idle_secs: DEFAULT_SERVICE_IDLE_SECS,
             podman_binary: PathBuf::from(DEFAULT_PODMAN_BINARY),
             build_timeout_secs: DEFAULT_BUILD_TIMEOUT_SECS,
+            warm_pool_size: DEFAULT_WARM_POOL_SIZE,
+            warm_pool_idle_secs: DEFAULT_WARM_POOL_IDLE_SECS,
+            warm_pool_integrations: BTreeMap::new(),
         }
     }
 }
@@ -167,9 +189,19 @@ pub struct PodmanExecutor {
     /// One lock per image tag being built, so that concurrent prepares of one package build once.
     /// Entries are weak, so a tag's lock goes away with its last prepare.
     build_locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// Warm containers, when the configuration asks for any.
+    pool: Option<pool::WarmPool>,
 }
 
 impl PodmanExecutor {
+    /// Returns the warm pool's counts, all zero when the pool is off.
+    pub fn warm_pool_stats(&self) -> WarmPoolStats {
+        self.pool
+            .as_ref()
+            .map(pool::WarmPool::stats)
+            .unwrap_or_default()
+    }
+
     /// Returns the configuration the executor was connected with.
     pub fn config(&self) -> &PodmanConfig {
         &self.config
@@ -302,6 +334,30 @@ mod tests {
         assert_eq!(config.build_timeout_secs, 30);
         assert_eq!(config.ulimits.nofile, Some(1024));
         assert_eq!(config.ulimits.nproc, Some(512));
+    }
+
+    #[test]
+    fn config_reads_warm_pool() {
+        let config: PodmanConfig = toml::from_str(
+            r#"
+            warm_pool_size = 2
+            warm_pool_idle_secs = 30
+
+            [warm_pool_integrations]
+            Echo = 4
+            Slack = 0
+            "#,
+        )
+        .expect("warm pool config parses");
+        assert_eq!(config.warm_pool_size, 2);
+        assert_eq!(config.warm_pool_idle_secs, 30);
+        assert_eq!(config.warm_pool_integrations["Echo"], 4);
+        assert_eq!(config.warm_pool_integrations["Slack"], 0);
+
+        let defaults = PodmanConfig::default();
+        assert_eq!(defaults.warm_pool_size, 0);
+        assert_eq!(defaults.warm_pool_idle_secs, 300);
+        assert!(defaults.warm_pool_integrations.is_empty());
     }
 
     #[test]

@@ -230,7 +230,7 @@ pub(crate) fn encode_query_value(value: &str) -> String {
 /// Container specification for `POST /libpod/containers/create`, with the field names of
 /// Podman's `SpecGenerator`. Fields left `None` or empty are not sent, so Podman's defaults
 /// (and `containers.conf`) apply to them.
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct CreateSpec {
     pub(crate) image: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -265,7 +265,7 @@ pub(crate) struct CreateSpec {
 }
 
 /// A mount of a container specification.
-#[derive(Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Mount {
     pub(crate) destination: String,
     #[serde(rename = "type")]
@@ -276,7 +276,7 @@ pub(crate) struct Mount {
 
 /// A POSIX resource limit. `kind` is the short lowercase name (`nofile`); Podman adds the
 /// `RLIMIT_` prefix itself.
-#[derive(Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Rlimit {
     #[serde(rename = "type")]
     pub(crate) kind: String,
@@ -285,7 +285,7 @@ pub(crate) struct Rlimit {
 }
 
 /// Cgroup limits, in the OCI runtime specification's layout.
-#[derive(Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub(crate) struct Resources {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) memory: Option<MemoryLimit>,
@@ -296,27 +296,27 @@ pub(crate) struct Resources {
 }
 
 /// Memory limit in bytes.
-#[derive(Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct MemoryLimit {
     pub(crate) limit: i64,
 }
 
 /// CPU bandwidth: `quota` microseconds of CPU time per `period` microseconds.
-#[derive(Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct CpuLimit {
     pub(crate) quota: i64,
     pub(crate) period: u64,
 }
 
 /// Maximum number of processes.
-#[derive(Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct PidsLimit {
     pub(crate) limit: i64,
 }
 
 /// A namespace mode, such as `none`, `host` or `bridge`, with its value where the mode takes
 /// one (`ns:<path>`, `container:<id>`).
-#[derive(Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Namespace {
     pub(crate) nsmode: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -324,7 +324,7 @@ pub(crate) struct Namespace {
 }
 
 /// Log driver of the container.
-#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct LogConfiguration {
     pub(crate) driver: String,
 }

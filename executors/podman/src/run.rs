@@ -89,7 +89,21 @@ pub(crate) async fn run(
         };
         let mut capture = OutputCapture::new(job.max_stdout_bytes, job.stderr_tail_bytes);
 
-        let ran = run_container(&connection, spec, &job, &stop, &mut capture).await?;
+        let warm = match &executor.pool {
+            Some(pool) => pool.claim(&connection, &prepared.integration, &spec).await,
+            None => None,
+        };
+        let ran = match warm {
+            Some(claimed) => {
+                tracing::Span::current().record("container_id", claimed.id());
+                claimed.run(&job, &stop, &mut capture).await
+            }
+            None => run_container(&connection, spec.clone(), &job, &stop, &mut capture).await,
+        };
+        if let Some(pool) = &executor.pool {
+            pool.replenish(&connection, &prepared.integration, &spec);
+        }
+        let ran = ran?;
 
         let outcome = finish(ran, capture, started_at, started);
         info!(
@@ -107,7 +121,7 @@ pub(crate) async fn run(
 }
 
 /// The result of running a job's container.
-struct Ran {
+pub(crate) struct Ran {
     end: JobEnd,
     exit: ExitStatus,
     container_id: Option<String>,
@@ -190,6 +204,46 @@ async fn run_container(
         }
     }
 
+    let started = Started {
+        container,
+        writer,
+        output,
+        reader_task,
+        started_at,
+    };
+    run_started(started, job, stop, capture).await
+}
+
+/// A started container whose agent waits for its message, with the two halves of its attach
+/// connection.
+pub(crate) struct Started<W> {
+    pub(crate) container: Container,
+    pub(crate) writer: W,
+    pub(crate) output: mpsc::Receiver<OutputItem>,
+    pub(crate) reader_task: AbortOnDrop<()>,
+    pub(crate) started_at: SystemTime,
+}
+
+/// Runs a job in a started container from the write of its message on: collects the output,
+/// waits for the exit code and removes the container. The warm pool enters here too.
+pub(crate) async fn run_started<W>(
+    started: Started<W>,
+    job: &JobSpec,
+    stop: &StopSignals,
+    capture: &mut OutputCapture,
+) -> Result<Ran, ExecutorError>
+where
+    W: AsyncWrite + Send + 'static,
+{
+    let Started {
+        mut container,
+        writer,
+        mut output,
+        reader_task,
+        started_at,
+    } = started;
+    let id = container.reference.clone();
+
     // Write the message from its own task, so that an agent that never reads stdin cannot
     // block the collection of its output. Returning drops the handle, which aborts the task.
     let _writer_task = write_stdin(writer, job.stdin.clone());
@@ -241,7 +295,7 @@ fn deadline_after(timeout: Duration) -> tokio::time::Instant {
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// The job's deadline and cancellation token, which end every phase.
-struct StopSignals {
+pub(crate) struct StopSignals {
     deadline: tokio::time::Instant,
     cancel: CancellationToken,
 }
@@ -262,15 +316,15 @@ impl StopSignals {
 /// A job's container. Dropping it before [`Container::remove`] ran removes the container in a
 /// background task, so a dropped `run` future leaves nothing behind while the async runtime
 /// keeps running.
-struct Container {
+pub(crate) struct Container {
     connection: Connection,
     /// The container id once created; before that, the name it is being created with.
-    reference: String,
+    pub(crate) reference: String,
     removed: bool,
 }
 
 impl Container {
-    fn new(connection: Connection, name: String) -> Self {
+    pub(crate) fn new(connection: Connection, name: String) -> Self {
         Self {
             connection,
             reference: name,
@@ -278,7 +332,7 @@ impl Container {
         }
     }
 
-    fn set_id(&mut self, id: String) {
+    pub(crate) fn set_id(&mut self, id: String) {
         self.reference = id;
     }
 
@@ -288,7 +342,7 @@ impl Container {
 
     /// Removes the container now. Failures are logged: the container is then left for the
     /// next sweep.
-    async fn remove(&mut self) {
+    pub(crate) async fn remove(&mut self) {
         self.removed = true;
         let started = Instant::now();
         match remove_container(&self.connection, &self.reference).await {
@@ -350,19 +404,46 @@ pub(crate) async fn remove_container(
         .timeout(0)
         .build();
     let container = connection.podman.containers().get(reference);
-    match tokio::time::timeout(REMOVE_TIMEOUT, container.delete(&options)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) if is_not_found(&error) => Ok(()),
-        Ok(Err(error)) => Err(connection.api_error("remove container", error)),
-        Err(_) => Err(runtime_error(
-            "remove container",
-            format!("no response within {} s", REMOVE_TIMEOUT.as_secs()),
-        )),
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let error = match tokio::time::timeout(REMOVE_TIMEOUT, container.delete(&options)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) if is_not_found(&error) => return Ok(()),
+            Ok(Err(error)) => connection.api_error("remove container", error),
+            Err(_) => {
+                return Err(runtime_error(
+                    "remove container",
+                    format!("no response within {} s", REMOVE_TIMEOUT.as_secs()),
+                ))
+            }
+        };
+        // Podman 4.3 fails a forced removal with "container state improper" when the
+        // container stops while the removal kills it, such as an agent that exits as its stdin
+        // closes. A second attempt finds it stopped and removes it.
+        let improper = matches!(&error, ExecutorError::Runtime { message, .. } if message.contains("container state improper"));
+        if !improper || attempts >= REMOVE_ATTEMPTS {
+            return Err(error);
+        }
+        debug!(
+            attempts,
+            "the container stopped during its removal; removing it again"
+        );
+        tokio::time::sleep(REMOVE_RETRY_PAUSE).await;
     }
 }
 
+/// Number of removal attempts of a container that stops while it is being removed.
+const REMOVE_ATTEMPTS: u32 = 3;
+
+/// Pause before another removal attempt.
+const REMOVE_RETRY_PAUSE: Duration = Duration::from_millis(20);
+
 /// Creates the container and returns its id.
-async fn create(connection: &Connection, spec: &CreateSpec) -> Result<String, ExecutorError> {
+pub(crate) async fn create(
+    connection: &Connection,
+    spec: &CreateSpec,
+) -> Result<String, ExecutorError> {
     let started = Instant::now();
     let id = libpod::create_container(&connection.socket, spec)
         .await
@@ -380,7 +461,9 @@ async fn create(connection: &Connection, spec: &CreateSpec) -> Result<String, Ex
 ///
 /// NOTE: `podman-api` inspects the container before attaching and requests its size, which
 /// costs a few milliseconds on a small image and tens on a large one.
-async fn attach(container: &Container) -> Result<podman_api::conn::Multiplexer, ExecutorError> {
+pub(crate) async fn attach(
+    container: &Container,
+) -> Result<podman_api::conn::Multiplexer, ExecutorError> {
     let started = Instant::now();
     let options = ContainerAttachOpts::builder()
         .stdin(true)
@@ -400,7 +483,7 @@ async fn attach(container: &Container) -> Result<podman_api::conn::Multiplexer, 
 }
 
 /// Starts the container.
-async fn start(container: &Container) -> Result<(), ExecutorError> {
+pub(crate) async fn start(container: &Container) -> Result<(), ExecutorError> {
     let started = Instant::now();
     container
         .api()
@@ -415,14 +498,14 @@ async fn start(container: &Container) -> Result<(), ExecutorError> {
 }
 
 /// An item of the attach stream, as the reader task forwards it.
-type OutputItem = Result<TtyChunk, String>;
+pub(crate) type OutputItem = Result<TtyChunk, String>;
 
 /// Reads the attach stream in its own task and forwards each chunk.
 ///
 /// The task boundary matters: `podman-api`'s frame decoder panics on a stream type byte it
 /// does not know, and a panic inside a task becomes a [`tokio::task::JoinError`] that
 /// [`reader_result`] turns into a job error, instead of unwinding through the engine.
-fn spawn_reader<S>(reader: S) -> (mpsc::Receiver<OutputItem>, AbortOnDrop<()>)
+pub(crate) fn spawn_reader<S>(reader: S) -> (mpsc::Receiver<OutputItem>, AbortOnDrop<()>)
 where
     S: Stream<Item = Result<TtyChunk, podman_api::conn::Error>> + Send + 'static,
 {
@@ -692,7 +775,7 @@ fn finish(
 }
 
 /// A task handle that aborts the task when dropped.
-struct AbortOnDrop<T>(Option<JoinHandle<T>>);
+pub(crate) struct AbortOnDrop<T>(Option<JoinHandle<T>>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -704,7 +787,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// Returns a container name that no other job uses: the job id, then a process-wide counter
 /// and the time, so that names differ across jobs, engine restarts and retried job ids.
-fn container_name(job_id: u64) -> String {
+pub(crate) fn container_name(job_id: u64) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
