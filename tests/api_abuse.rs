@@ -560,6 +560,104 @@ async fn wrong_content_types_get_415() {
     }
 }
 
+/// Malformed JSON gets 400, JSON of the wrong shape 422, and JSON nested deeper than the
+/// parser's recursion limit (128) gets 400 without exhausting the stack or memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_gets_400() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = start_service(dir.path(), CONFIG).await;
+
+    let malformed: [(&str, Vec<u8>); 7] = [
+        ("an empty body", Vec::new()),
+        ("a truncated object", b"{\"values\": {".to_vec()),
+        ("a bare word", b"values".to_vec()),
+        ("trailing bytes", b"{} {}".to_vec()),
+        (
+            "invalid UTF-8",
+            b"{\"values\": {\"a\": \"\xff\xfe\"}}".to_vec(),
+        ),
+        ("a NUL byte", b"{\"values\": \0}".to_vec()),
+        (
+            "a lone surrogate",
+            br#"{"values": {"a": "\ud800"}}"#.to_vec(),
+        ),
+    ];
+    for (what, body) in malformed {
+        let response = exchange(&service.socket, &post_json(MISSING_JOBS), Body::Fixed(body)).await;
+        let error = response.assert_error(400, "bad_request");
+        assert!(
+            error["message"]
+                .as_str()
+                .is_some_and(|text| text.contains("not valid JSON")),
+            "{what}: {error}"
+        );
+    }
+
+    let wrong_shape: [(&str, &str); 6] = [
+        ("an empty array", "[]"),
+        ("an array of the fields", r#"[{}, {}]"#),
+        ("a string", "\"values\""),
+        ("values as a list", r#"{"values": ["a"]}"#),
+        ("an unknown key", r#"{"value": {}}"#),
+        ("a context that is a number", r#"{"context": 5}"#),
+    ];
+    for (what, body) in wrong_shape {
+        let response = exchange(
+            &service.socket,
+            &post_json(MISSING_JOBS),
+            Body::Fixed(body.as_bytes().to_vec()),
+        )
+        .await;
+        let error = response.assert_error(422, "invalid_body");
+        assert_eq!(error["errors"][0]["field"], "body", "{what}: {error}");
+    }
+
+    // Nesting: a body of brackets at the size limit, and a selected node nested 100,000 deep
+    // given as a value and as a string of JSON.
+    let memory = MemoryProbe::start(&service);
+    let mut brackets = br#"{"context": {"selected-node": "#.to_vec();
+    brackets.resize(1024 * 1024, b'[');
+    let response = exchange(
+        &service.socket,
+        &post_json(MISSING_JOBS),
+        Body::Fixed(brackets),
+    )
+    .await;
+    let error = response.assert_error(400, "bad_request");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("recursion limit")),
+        "{error}"
+    );
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let as_value = format!(r#"{{"context": {{"selected-node": {deep}}}}}"#);
+    let response = exchange(
+        &service.socket,
+        &post_json(MISSING_JOBS),
+        Body::Fixed(as_value.into_bytes()),
+    )
+    .await;
+    response.assert_error(400, "bad_request");
+    let as_string = serde_json::to_vec(&json!({ "context": { "selected-node": deep } }))
+        .expect("serialise the body");
+    let response = exchange(
+        &service.socket,
+        &post_json(MISSING_JOBS),
+        Body::Fixed(as_string),
+    )
+    .await;
+    let error = response.assert_error(422, "invalid_body");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("selected-node")),
+        "{error}"
+    );
+    memory.assert_bounded("deeply nested JSON");
+    assert_eq!(service.client().get("/healthz").await.status, 200);
+}
+
 /// A header block past hyper's limits is answered by hyper itself: 431 with an empty body for
 /// too many or too large headers and 414 for a long URI, each closing the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,10 +9,11 @@ use serde::de::DeserializeOwned;
 use super::error::{ApiError, FieldError};
 use crate::service::Service;
 
-/// A JSON body of at most `api.max_body_bytes`, parsed into `T`.
+/// A JSON object of at most `api.max_body_bytes`, parsed into `T`.
 ///
 /// Rejections: 415 without a JSON content type, 413 past the size limit, 400 for malformed
-/// JSON, and 422 for well-formed JSON of the wrong shape (unknown keys, wrong types).
+/// JSON, and 422 for well-formed JSON of the wrong shape (not an object, unknown keys, wrong
+/// types).
 #[derive(Debug)]
 pub(crate) struct ApiJson<T>(pub(crate) T);
 
@@ -41,8 +42,41 @@ impl<T: DeserializeOwned> FromRequest<Arc<Service>> for ApiJson<T> {
         }
         let limit = service.config.api.max_body_bytes;
         let bytes = read_limited(request, limit).await?;
+        check_object(&bytes)?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// Rejects a body that is valid JSON but not an object, with 422.
+///
+/// Every JSON body of this API is an object, but serde also builds a struct from an array of
+/// its fields in order, so `[]` or `[{}, {}]` would otherwise pass as a job submission.
+fn check_object(bytes: &[u8]) -> Result<(), ApiError> {
+    let first = bytes
+        .iter()
+        .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'{') {
+        return Ok(());
+    }
+    // Malformed text is a 400, whatever it starts with.
+    parse_json::<serde::de::IgnoredAny>(bytes)?;
+    let found = match first {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    };
+    let message = format!("the request body must be a JSON object, found {found}");
+    Err(ApiError::unprocessable(
+        "invalid_body",
+        message.clone(),
+        vec![FieldError {
+            field: "body".to_owned(),
+            message,
+            rule: None,
+        }],
+    ))
 }
 
 /// Reads a request body, failing with 413 past `limit` bytes without buffering more.
