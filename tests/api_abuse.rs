@@ -658,6 +658,134 @@ async fn malformed_json_gets_400() {
     assert_eq!(service.client().get("/healthz").await.status, 200);
 }
 
+/// Bodies with 100,000 values, context keys, env variables or multipart parts are answered
+/// with a bounded 422: the error lists at most the first problems, and memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_field_counts_get_bounded_422() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = start_service(dir.path(), CONFIG).await;
+    let client = service.client();
+    let agent_id = register_shell(&client, dir.path(), "Counter").await;
+    let jobs = format!("/v1/integrations/{agent_id}/jobs");
+
+    // 100,000 unknown field values: short names keep the body under 1 MiB.
+    let names: Vec<String> = (0..100_000).map(|index| format!("{index:x}")).collect();
+    let values: serde_json::Map<String, Value> = names
+        .iter()
+        .map(|name| (name.clone(), Value::String(String::new())))
+        .collect();
+    let body = serde_json::to_vec(&json!({ "values": values })).expect("serialise the body");
+    assert!(body.len() < 1024 * 1024, "{} bytes", body.len());
+    let memory = MemoryProbe::start(&service);
+    let response = exchange(&service.socket, &post_json(&jobs), Body::Fixed(body)).await;
+    let error = response.assert_error(422, "invalid_values");
+    let listed = error["errors"].as_array().map_or(0, Vec::len);
+    assert!(
+        (1..=100).contains(&listed),
+        "{listed} errors listed for 100,000 unknown values"
+    );
+    assert_eq!(error["errors"][0]["rule"], "unknown_field", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("100000")),
+        "the message does not count the problems: {error}"
+    );
+    assert!(
+        response.body.len() < 64 * 1024,
+        "the 422 body has {} bytes",
+        response.body.len()
+    );
+    memory.assert_bounded("100,000 values");
+
+    // 100,000 context keys: the first unknown key stops the parser.
+    let context: serde_json::Map<String, Value> =
+        names.iter().map(|name| (name.clone(), json!(0))).collect();
+    let body = serde_json::to_vec(&json!({ "context": context })).expect("serialise the body");
+    assert!(body.len() < 1024 * 1024, "{} bytes", body.len());
+    let memory = MemoryProbe::start(&service);
+    let response = exchange(&service.socket, &post_json(&jobs), Body::Fixed(body)).await;
+    let error = response.assert_error(422, "invalid_body");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("unknown field")),
+        "{error}"
+    );
+    // One known key 60,000 times (about 900 KB) is a duplicate at the second.
+    let mut repeated = String::from("{\"context\": {");
+    for index in 0..60_000 {
+        if index > 0 {
+            repeated.push(',');
+        }
+        repeated.push_str("\"user-name\":\"\"");
+    }
+    repeated.push_str("}}");
+    let response = exchange(
+        &service.socket,
+        &post_json(&jobs),
+        Body::Fixed(repeated.into_bytes()),
+    )
+    .await;
+    let error = response.assert_error(422, "invalid_body");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("duplicate field")),
+        "{error}"
+    );
+    memory.assert_bounded("100,000 context keys");
+
+    // 100,000 env variables, each with a value that is neither a string nor null.
+    let invalid_env: serde_json::Map<String, Value> =
+        names.iter().map(|name| (name.clone(), json!(0))).collect();
+    let body = serde_json::to_vec(&invalid_env).expect("serialise the body");
+    assert!(body.len() < 1024 * 1024, "{} bytes", body.len());
+    let memory = MemoryProbe::start(&service);
+    let head = format!(
+        "PATCH /v1/integrations/{agent_id}/env HTTP/1.1\r\nhost: agentrun\r\n\
+         content-type: application/merge-patch+json\r\n"
+    );
+    let response = exchange(&service.socket, &head, Body::Fixed(body)).await;
+    let error = response.assert_error(422, "invalid_env");
+    let listed = error["errors"].as_array().map_or(0, Vec::len);
+    assert!(
+        (1..=100).contains(&listed),
+        "{listed} errors listed for 100,000 invalid variables"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("100000")),
+        "the message does not count the problems: {error}"
+    );
+    assert!(
+        response.body.len() < 64 * 1024,
+        "the 422 body has {} bytes",
+        response.body.len()
+    );
+    memory.assert_bounded("100,000 invalid env variables");
+
+    // 100,000 multipart parts: the first unknown part ends the request.
+    let boundary = "abuse-boundary";
+    let mut parts = Vec::new();
+    for index in 0..100_000 {
+        parts.extend_from_slice(&part_head(boundary, &format!("p{index}")));
+        parts.extend_from_slice(b"x\r\n");
+    }
+    parts.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let memory = MemoryProbe::start(&service);
+    let response = exchange(
+        &service.socket,
+        &post_multipart("/v1/integrations", boundary),
+        Body::Fixed(parts),
+    )
+    .await;
+    let error = response.assert_error(422, "unknown_part");
+    assert_eq!(error["errors"][0]["field"], "p0", "{error}");
+    memory.assert_bounded("100,000 multipart parts");
+}
+
 /// A header block past hyper's limits is answered by hyper itself: 431 with an empty body for
 /// too many or too large headers and 414 for a long URI, each closing the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

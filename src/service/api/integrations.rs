@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use super::error::{ApiError, FieldError};
+use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
 use super::extract::ApiJson;
 use super::views::{HealthView, IntegrationView};
 use crate::forms::{self, Context};
@@ -220,40 +220,23 @@ pub(crate) async fn update_env(
     let agent_id = parse_agent_id(&id)?;
     let mut changes = Vec::with_capacity(patch.len());
     let mut problems = Vec::new();
+    let mut problem_count = 0;
     for (key, value) in patch {
-        if !is_env_name(&key) {
-            problems.push(FieldError {
-                field: key.clone(),
-                message: format!(
-                    "invalid env variable name {key:?}; use ASCII letters, digits and \"_\", \
-                     not starting with a digit"
-                ),
-                rule: None,
-            });
-            continue;
-        }
-        match value {
-            Value::Null => changes.push((key, None)),
-            Value::String(text) if text.contains('\0') => problems.push(FieldError {
-                field: key.clone(),
-                message: format!(
-                    "the value of {key} contains a NUL byte, which no process environment can \
-                     carry"
-                ),
-                rule: None,
-            }),
-            Value::String(text) => changes.push((key, Some(text))),
-            _ => problems.push(FieldError {
-                field: key.clone(),
-                message: format!("the value of {key} must be a string, or null to remove it"),
-                rule: None,
-            }),
+        match env_change(key, value) {
+            Ok(change) => changes.push(change),
+            Err(problem) => {
+                problem_count += 1;
+                if problems.len() < MAX_FIELD_ERRORS {
+                    problems.push(problem);
+                }
+            }
         }
     }
-    if !problems.is_empty() {
-        return Err(ApiError::unprocessable(
+    if problem_count > 0 {
+        return Err(ApiError::unprocessable_of(
             "invalid_env",
             "invalid env patch: see errors for each variable",
+            problem_count,
             problems,
         ));
     }
@@ -265,6 +248,37 @@ pub(crate) async fn update_env(
         .await?
         .ok_or_else(|| ApiError::not_found("integration", agent_id))?;
     Ok(Json(IntegrationView::from(&record)).into_response())
+}
+
+/// Checks one entry of an env patch: a valid name with a string value sets the variable, with
+/// null it removes it.
+fn env_change(key: String, value: Value) -> Result<(String, Option<String>), FieldError> {
+    if !is_env_name(&key) {
+        return Err(FieldError {
+            message: format!(
+                "invalid env variable name {key:?}; use ASCII letters, digits and \"_\", not \
+                 starting with a digit"
+            ),
+            field: key,
+            rule: None,
+        });
+    }
+    match value {
+        Value::Null => Ok((key, None)),
+        Value::String(text) if text.contains('\0') => Err(FieldError {
+            message: format!(
+                "the value of {key} contains a NUL byte, which no process environment can carry"
+            ),
+            field: key,
+            rule: None,
+        }),
+        Value::String(text) => Ok((key, Some(text))),
+        _ => Err(FieldError {
+            message: format!("the value of {key} must be a string, or null to remove it"),
+            field: key,
+            rule: None,
+        }),
+    }
 }
 
 /// Query of `GET /v1/actions`.
