@@ -487,6 +487,40 @@ async fn multipart_past_limit_gets_413() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// A multipart body whose preamble or part headers never end is rejected without buffering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_endless_headers_get_413() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = start_service(dir.path(), CONFIG).await;
+    let boundary = "abuse-boundary";
+    let filler = vec![b'a'; 64 * 1024];
+    let count = HUGE_BYTES / filler.len();
+
+    let mut endless_header = part_head(boundary, "package");
+    // Drop the blank line that ends the part's headers, and open a header that never ends.
+    endless_header.truncate(endless_header.len() - 2);
+    endless_header.extend_from_slice(b"x-filler: ");
+    let cases = [
+        ("a preamble without a boundary", Vec::new()),
+        ("a part header without an end", endless_header),
+    ];
+    for (what, prefix) in cases {
+        let memory = MemoryProbe::start(&service);
+        let response = exchange(
+            &service.socket,
+            &post_multipart("/v1/integrations", boundary),
+            Body::Chunked {
+                prefix,
+                chunk: filler.clone(),
+                count,
+            },
+        )
+        .await;
+        response.assert_error(413, "payload_too_large");
+        memory.assert_bounded(&format!("multipart with {what}"));
+    }
+}
+
 /// Requests with a wrong or missing content type get 415 with a JSON error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_content_types_get_415() {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
 use super::extract::ApiJson;
+use super::multipart;
 use super::views::{HealthView, IntegrationView};
 use crate::forms::{self, Context};
 use crate::manifest::{is_env_name, Section, SectionElement};
@@ -49,9 +50,9 @@ fn created(record: &IntegrationRecord) -> Response {
 /// `POST /v1/integrations`: multipart with a `manifest` JSON part and a `package` zip part.
 pub(crate) async fn register(
     State(service): State<Arc<Service>>,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let upload = read_upload(&service, multipart).await?;
+    let upload = read_upload(&service, request).await?;
     let record = integrations::register(&service, upload).await?;
     Ok(created(&record))
 }
@@ -60,21 +61,19 @@ pub(crate) async fn register(
 pub(crate) async fn replace_package(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let agent_id = parse_agent_id(&id)?;
-    let upload = read_upload(&service, multipart).await?;
+    let upload = read_upload(&service, request).await?;
     let record = integrations::replace(&service, agent_id, upload).await?;
     Ok(created(&record))
 }
 
 /// Streams the multipart parts: the manifest into memory (at most `api.max_body_bytes`), the
-/// package into a file under `tmp/` (at most `intake.max_archive_bytes`).
-async fn read_upload(
-    service: &Service,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<Upload, ApiError> {
-    let mut multipart = multipart.map_err(|rejection| {
+/// package into a file under `tmp/` (at most `intake.max_archive_bytes`). Preambles and part
+/// headers are capped by [`multipart::open`].
+async fn read_upload(service: &Service, request: Request) -> Result<Upload, ApiError> {
+    let (mut multipart, limit) = multipart::open(request).await.map_err(|rejection| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -89,12 +88,18 @@ async fn read_upload(
     let mut manifest: Option<Vec<u8>> = None;
     let mut package: Option<tempfile::TempPath> = None;
 
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|error| limit.error(error))?
+    {
+        limit.progress();
         let name = field.name().unwrap_or("").to_owned();
         match name.as_str() {
             "manifest" if manifest.is_none() => {
                 let mut bytes = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                while let Some(chunk) = field.chunk().await.map_err(|error| limit.error(error))? {
+                    limit.progress();
                     if bytes.len() + chunk.len() > max_manifest {
                         return Err(ApiError::too_large(format!(
                             "the `manifest` part is larger than {max_manifest} bytes \
@@ -114,7 +119,8 @@ async fn read_upload(
                 let (file, path) = file.into_parts();
                 let mut file = tokio::fs::File::from_std(file);
                 let mut written: u64 = 0;
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                while let Some(chunk) = field.chunk().await.map_err(|error| limit.error(error))? {
+                    limit.progress();
                     written += chunk.len() as u64;
                     if written > max_package {
                         return Err(ApiError::too_large(format!(
@@ -174,14 +180,6 @@ async fn read_upload(
         ));
     };
     Ok(Upload { manifest, package })
-}
-
-fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {
-    let status = error.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::too_large(error.body_text());
-    }
-    ApiError::bad_request(format!("invalid multipart body: {}", error.body_text()))
 }
 
 /// `GET /v1/integrations`.
