@@ -984,3 +984,35 @@ async fn idle_connections_are_closed() {
         .expect("the idle keep-alive connection is closed within 30 s");
     assert!(matches!(read, Ok(0) | Err(_)), "unexpected bytes: {read:?}");
 }
+
+/// A section element without a section selects the section that contains it; an unknown one
+/// gets 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_element_without_section() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = start_service(dir.path(), CONFIG).await;
+    let client = service.client();
+    register_shell(&client, dir.path(), "Nodes").await;
+
+    let response = client.get("/v1/actions?section_element=nodes").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let names: Vec<Value> = response.json()["actions"]
+        .as_array()
+        .expect("actions list")
+        .iter()
+        .map(|action| action["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("Nodes")]);
+    let response = client.get("/v1/actions?section_element=report").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["actions"], json!([]));
+
+    let response = client.get("/v1/actions?section_element=sidebar").await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let error = response.json();
+    assert_eq!(error["errors"][0]["field"], "section_element", "{error}");
+    let response = client
+        .get("/v1/actions?section=collaborate&section_element=nodes")
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+}

@@ -317,7 +317,7 @@ pub(crate) async fn actions(
         )
     })?;
     let section = parse_section(query.section.as_deref())?;
-    let element = parse_element(section, query.section_element.as_deref())?;
+    let (section, element) = parse_element(section, query.section_element.as_deref())?;
     let element_type = query.section_element_type.filter(|text| !text.is_empty());
 
     let records = service.store().integrations().await?;
@@ -386,25 +386,46 @@ fn parse_section(text: Option<&str>) -> Result<Option<Section>, ApiError> {
         })
 }
 
+/// Parses `section_element`. Without a section, the element's own section is returned with
+/// it: each element belongs to exactly one section.
 fn parse_element(
     section: Option<Section>,
     text: Option<&str>,
-) -> Result<Option<SectionElement>, ApiError> {
+) -> Result<(Option<Section>, Option<SectionElement>), ApiError> {
     let Some(text) = text.filter(|text| !text.is_empty()) else {
-        return Ok(None);
+        return Ok((section, None));
     };
     let Some(section) = section else {
-        return Err(invalid_query(
-            "section_element",
-            "section_element needs a section".to_owned(),
-        ));
+        return Section::ALL
+            .iter()
+            .find_map(|section| {
+                section
+                    .elements()
+                    .iter()
+                    .find(|element| element.as_str() == text)
+                    .map(|element| (Some(*section), Some(*element)))
+            })
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = Section::ALL
+                    .iter()
+                    .flat_map(|section| section.elements())
+                    .map(|element| element.as_str())
+                    .collect();
+                invalid_query(
+                    "section_element",
+                    format!(
+                        "unknown section element {text:?}; allowed: {}",
+                        allowed.join(", ")
+                    ),
+                )
+            });
     };
     section
         .elements()
         .iter()
         .copied()
         .find(|element| element.as_str() == text)
-        .map(Some)
+        .map(|element| (Some(section), Some(element)))
         .ok_or_else(|| {
             let allowed: Vec<&str> = section.elements().iter().map(|e| e.as_str()).collect();
             invalid_query(
