@@ -1016,3 +1016,25 @@ async fn actions_element_without_section() {
         .await;
     assert_eq!(response.status, 422, "{}", response.text());
 }
+
+/// A page size outside 1 to 1000 gets 422 instead of being clamped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_limit_out_of_range_gets_422() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = start_service(dir.path(), CONFIG).await;
+    let client = service.client();
+    for limit in ["0", "1001", "18446744073709551615"] {
+        let response = client.get(&format!("/v1/jobs?limit={limit}")).await;
+        assert_eq!(response.status, 422, "limit={limit}: {}", response.text());
+        let error = response.json();
+        assert_eq!(error["error"], "invalid_query", "{error}");
+        assert_eq!(error["errors"][0]["field"], "limit", "{error}");
+    }
+    for limit in ["1", "1000"] {
+        let response = client.get(&format!("/v1/jobs?limit={limit}")).await;
+        assert_eq!(response.status, 200, "limit={limit}: {}", response.text());
+    }
+    // A number past u64 is rejected by the query parser, also with 422.
+    let response = client.get("/v1/jobs?limit=18446744073709551616").await;
+    assert_eq!(response.status, 422, "{}", response.text());
+}

@@ -271,7 +271,19 @@ pub(crate) async fn list(
         })?),
         None => None,
     };
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        let message = format!("limit must be between 1 and {MAX_PAGE}, found {limit}");
+        return Err(ApiError::unprocessable(
+            "invalid_query",
+            message.clone(),
+            vec![FieldError {
+                field: "limit".to_owned(),
+                message,
+                rule: None,
+            }],
+        ));
+    }
     let jobs = service
         .store()
         .jobs(JobFilter {
