@@ -627,13 +627,15 @@ async fn malformed_json_gets_400() {
         );
     }
 
-    let wrong_shape: [(&str, &str); 6] = [
+    let wrong_shape: [(&str, &str); 8] = [
         ("an empty array", "[]"),
         ("an array of the fields", r#"[{}, {}]"#),
         ("a string", "\"values\""),
         ("values as a list", r#"{"values": ["a"]}"#),
         ("an unknown key", r#"{"value": {}}"#),
         ("a context that is a number", r#"{"context": 5}"#),
+        ("a context that is an array", r#"{"context": [null, null]}"#),
+        ("a context that is null", r#"{"context": null}"#),
     ];
     for (what, body) in wrong_shape {
         let response = exchange(

@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
-use serde::de::DeserializeOwned;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::error::{ApiError, FieldError};
+use crate::forms::Context;
 use crate::service::Service;
 
 /// A JSON object of at most `api.max_body_bytes`, parsed into `T`.
@@ -117,4 +120,29 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
             ApiError::bad_request(format!("the request body is not valid JSON: {error}"))
         }
     })
+}
+
+/// Deserializes a job's UI context, which must be a JSON object.
+///
+/// Like every struct, [`Context`] would also be built from an array of its values in order, so
+/// `"context": [null, null]` would pass as an empty context. Going through `deserialize_map`
+/// accepts objects only, and keeps the checks for unknown and duplicate keys.
+pub(crate) fn context_object<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Context, D::Error> {
+    struct ContextVisitor;
+
+    impl<'de> Visitor<'de> for ContextVisitor {
+        type Value = Context;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a JSON object of context keys")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Context, A::Error> {
+            Context::deserialize(MapAccessDeserializer::new(map))
+        }
+    }
+
+    deserializer.deserialize_map(ContextVisitor)
 }

@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
-use super::extract::ApiJson;
+use super::extract::{context_object, ApiJson};
 use super::multipart;
 use super::views::{HealthView, IntegrationView};
 use crate::forms::{self, Context};
@@ -455,7 +455,7 @@ fn invalid_query(field: &str, message: String) -> ApiError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FormBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "context_object")]
     context: Context,
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
-use super::extract::ApiJson;
+use super::extract::{context_object, ApiJson};
 use super::integrations::parse_agent_id;
 use super::views::JobView;
 use crate::forms::{self, Context};
@@ -40,7 +40,7 @@ pub(crate) struct SubmitBody {
     #[serde(default)]
     values: serde_json::Map<String, serde_json::Value>,
     /// The UI context, with the CLI's keys.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "context_object")]
     context: Context,
 }
 
