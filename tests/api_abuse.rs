@@ -1040,3 +1040,25 @@ async fn jobs_limit_out_of_range_gets_422() {
     let response = client.get("/v1/jobs?limit=18446744073709551616").await;
     assert_eq!(response.status, 422, "{}", response.text());
 }
+
+/// A package that is not a zip gets 422 naming the part, not the service's upload path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_package_hides_paths() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = start_service(dir.path(), CONFIG).await;
+    let response = service
+        .client()
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[("package", "application/zip", b"not a zip".to_vec())],
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let error = response.json();
+    assert_eq!(error["error"], "invalid_package", "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("the package part"), "{error}");
+    let data_dir = dir.path().join("data").display().to_string();
+    assert!(!response.text().contains(&data_dir), "{error}");
+}
