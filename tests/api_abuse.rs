@@ -1,8 +1,8 @@
 //! Hostile requests against the HTTP API: oversized and malformed bodies, wrong content types,
 //! huge field counts, huge headers, slow clients and idle connections.
 //!
-//! Each test checks the status and the JSON error, and the ones that could make the service
-//! buffer a request measure its memory: the peak resident set (`VmHWM`, reset through
+//! Each test checks the status and the JSON error. The tests whose requests could make the
+//! service buffer them also measure its memory. The peak resident set (`VmHWM`, reset through
 //! `/proc/PID/clear_refs` first) may exceed the resident set before the requests by at most
 //! [`MAX_GROWTH_KIB`]. Requests are written by hand on a raw Unix-socket connection, so a test
 //! controls framing (Content-Length or chunked), pacing and what happens when the service
@@ -26,8 +26,8 @@ const MAX_GROWTH_KIB: u64 = 64 * 1024;
 const HUGE_BYTES: usize = 64 * 1024 * 1024;
 /// Deadline of one raw exchange, including a slow client's dribbling.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// A valid path with a JSON body; the integration does not exist, so a body that gets through
-/// every check is answered with 404.
+/// A valid path with a JSON body. The integration does not exist, so a body that passes every
+/// check gets 404.
 const MISSING_JOBS: &str = "/v1/integrations/00000000-0000-5000-8000-000000000000/jobs";
 
 /// Subprocess executor, no periodic health checks, short header and request deadlines, and a
@@ -120,8 +120,8 @@ impl RawResponse {
 }
 
 /// Sends `head` (request line and headers without the final blank line) and `body` on a new
-/// connection to `socket`, and reads the response while the body is still being written, as a
-/// service that rejects a body early answers before the client is done.
+/// connection to `socket`. It reads the response while the body is still being written, because
+/// a service that rejects a body early responds before the client is done.
 async fn exchange(socket: &Path, head: &str, body: Body) -> RawResponse {
     let stream = UnixStream::connect(socket)
         .await
@@ -130,7 +130,7 @@ async fn exchange(socket: &Path, head: &str, body: Body) -> RawResponse {
     let request_line = head.lines().next().unwrap_or_default().to_owned();
     let head = head.to_owned();
     let writing = tokio::spawn(async move {
-        // Write errors are expected: the service may close the connection once it has answered.
+        // Write errors are expected: the service may close the connection once it has responded.
         let _ = write_request(&mut writer, &head, body).await;
         writer
     });
@@ -288,7 +288,7 @@ impl MemoryProbe {
     }
 
     /// Asserts that the peak resident set since [`MemoryProbe::start`] stayed within
-    /// [`MAX_GROWTH_KIB`] of the resident set then; returns the growth.
+    /// [`MAX_GROWTH_KIB`] of the resident set then, and returns the growth.
     fn assert_bounded(&self, what: &str) -> u64 {
         let peak = proc_status_kib(self.pid, "VmHWM");
         let growth = peak.saturating_sub(self.rss_before_kib);
@@ -349,7 +349,7 @@ fn post_multipart(path: &str, boundary: &str) -> String {
     )
 }
 
-/// The opening of a multipart part called `name`.
+/// Returns the opening of a multipart part called `name`.
 fn part_head(boundary: &str, name: &str) -> Vec<u8> {
     format!(
         "--{boundary}\r\ncontent-disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\n\
@@ -935,8 +935,8 @@ async fn slow_clients_are_cut_off() {
     assert_eq!(service.client().get("/healthz").await.status, 200);
 }
 
-/// Many idle connections cost bounded memory, are closed after the header deadline, and leave
-/// the service answering; a keep-alive connection that goes idle after a request is closed too.
+/// Many idle connections cost bounded memory and are closed after the header deadline, and the
+/// service still responds. A keep-alive connection that goes idle after a request is closed too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed() {
     const IDLE: usize = 1000;

@@ -85,7 +85,7 @@ impl ApiError {
         Self::unprocessable_of(error, message, total, errors)
     }
 
-    /// 422 for `total` problems, of which `errors` holds the first ones. The list is cut to
+    /// 422 for `total` problems, of which `errors` contains the first ones. The list is cut to
     /// [`MAX_FIELD_ERRORS`] entries, and when it is shorter than `total` the message counts
     /// them all.
     pub fn unprocessable_of(
@@ -110,7 +110,7 @@ impl ApiError {
         }
     }
 
-    /// 422 for invalid form values: `errors` holds the first of `total` problems.
+    /// 422 for invalid form values: `errors` contains the first of `total` problems.
     pub fn form_values(errors: FormErrors, total: usize) -> Self {
         let fields = errors
             .errors

@@ -157,7 +157,7 @@ pub(crate) async fn submit(
 /// [`MAX_FIELD_ERRORS`] of them, and returns how many it removed.
 ///
 /// The form check reports each unknown value with the list of known fields, so 100,000 unknown
-/// values would cost 100,000 such messages; the API lists only the first ones anyway. A
+/// values would cost 100,000 such messages. The API lists only the first ones anyway. A
 /// manifest without fields accepts any value, and then nothing is removed.
 fn drop_excess_unknown(manifest: &Manifest, values: &mut Vec<(String, String)>) -> usize {
     if manifest.fields.is_empty() {

@@ -1,4 +1,4 @@
-//! Multipart parsing with a cap on what the parser holds while it looks for a part.
+//! Multipart parsing with a cap on the bytes the parser buffers while it looks for a part.
 //!
 //! axum's `Multipart` (multer 3) keeps every byte it reads until it finds the first boundary,
 //! and then every byte until the blank line that ends a part's headers, and it searches the
@@ -40,8 +40,8 @@ impl HeadLimit {
         self.since_progress.store(0, Ordering::Relaxed);
     }
 
-    /// Turns a parser error into the API error: 413 when the cap was hit, 413 or 400 as the
-    /// parser's error says otherwise.
+    /// Turns a parser error into the API error: 413 when the cap was hit, otherwise 413 or 400
+    /// by the parser error's status.
     pub(crate) fn error(&self, error: MultipartError) -> ApiError {
         if self.exceeded.load(Ordering::Relaxed) {
             return ApiError::too_large(format!(
