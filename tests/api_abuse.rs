@@ -1062,3 +1062,39 @@ async fn invalid_package_hides_paths() {
     let data_dir = dir.path().join("data").display().to_string();
     assert!(!response.text().contains(&data_dir), "{error}");
 }
+
+/// An env patch of 50,000 variables is stored, and its log line names only the first 20.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_patch_log_line_is_bounded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = CONFIG.replace("request_timeout_secs = 4", "request_timeout_secs = 300");
+    let service = start_service(dir.path(), &config).await;
+    let client = service.client();
+    let agent_id = register_shell(&client, dir.path(), "Env").await;
+
+    let patch: serde_json::Map<String, Value> = (0..50_000)
+        .map(|index| (format!("V{index}"), json!("")))
+        .collect();
+    let started = Instant::now();
+    let response = client
+        .json(
+            "PATCH",
+            &format!("/v1/integrations/{agent_id}/env"),
+            &Value::Object(patch),
+        )
+        .await;
+    eprintln!("PATCH of 50,000 variables: {:?}", started.elapsed());
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.json()["env"].as_array().map(Vec::len),
+        Some(50_000)
+    );
+
+    let logs = service.logs();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("env updated"))
+        .unwrap_or_else(|| panic!("no env update in the log:\n{logs}"));
+    assert!(line.contains("env_count=50000"), "{line}");
+    assert!(line.len() < 4096, "the log line has {} bytes", line.len());
+}

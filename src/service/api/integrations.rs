@@ -23,6 +23,9 @@ use crate::service::integrations::{self, Upload};
 use crate::service::{health, Service};
 use crate::store::{BuildState, IntegrationRecord};
 
+/// Maximum number of env variable names in the log line of an env update.
+const MAX_LOGGED_ENV_NAMES: usize = 20;
+
 /// Parses an `{id}` path segment: an agentID.
 pub(crate) fn parse_agent_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::not_found("integration", id))
@@ -238,8 +241,14 @@ pub(crate) async fn update_env(
             problems,
         ));
     }
-    let names: Vec<&str> = changes.iter().map(|(key, _)| key.as_str()).collect();
-    tracing::info!(agent_id = %agent_id, env = ?names, "env updated");
+    // The line names at most the first few variables, so that a patch of many cannot flood
+    // the log.
+    let names: Vec<&str> = changes
+        .iter()
+        .take(MAX_LOGGED_ENV_NAMES)
+        .map(|(key, _)| key.as_str())
+        .collect();
+    tracing::info!(agent_id = %agent_id, env_count = changes.len(), env = ?names, "env updated");
     let record = service
         .store()
         .update_env(agent_id, changes)
