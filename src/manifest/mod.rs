@@ -52,8 +52,9 @@ pub const MANIFEST_FILE: &str = "integration.toml";
 pub const MAX_NAME_CHARS: usize = 100;
 /// Maximum length of a field name, in characters.
 pub const MAX_FIELD_NAME_CHARS: usize = 64;
-/// Allowed range of `[run] timeout_secs`.
-pub const TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
+/// Allowed range of `[run] timeout_secs`: the job deadline range that the service configuration
+/// and the command line accept too, 1 second to one day.
+pub const TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=crate::config::MAX_TIMEOUT_SECS;
 /// Maximum size of a manifest file, in bytes. Real manifests are a few kilobytes.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 

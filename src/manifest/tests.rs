@@ -457,15 +457,15 @@ fn manifest_run_rules() {
         problems("name = \"x\"\n[run]\ncommand = [\"\", \"a\"]\n"),
         ["run.command[0]: the program is empty; give its path or name"]
     );
-    for secs in [0, -5, 3601] {
+    for secs in [0, -5, 86_401] {
         assert_eq!(
             problems(&format!("name = \"x\"\n[run]\ntimeout_secs = {secs}\n")),
             [format!(
-                "run.timeout_secs: {secs} is out of range; expected an integer from 1 to 3600"
+                "run.timeout_secs: {secs} is out of range; expected an integer from 1 to 86400"
             )]
         );
     }
-    for secs in [1, 3600] {
+    for secs in [1, 3600, 86_400] {
         let manifest = parse(&format!("name = \"x\"\n[run]\ntimeout_secs = {secs}\n"));
         assert_eq!(
             manifest.timeout(),
