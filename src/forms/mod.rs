@@ -11,6 +11,7 @@ mod context;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+pub use crate::warning::Warning;
 pub use context::{Context, ContextError, CONTEXT_KEYS, KEYWORDS};
 
 use crate::manifest::{Manifest, UiElement};
@@ -18,32 +19,13 @@ use crate::manifest::{Manifest, UiElement};
 /// Text every keyword starts with.
 const KEYWORD_PREFIX: &str = "SIFT-";
 
-/// A keyword that had no value in the context and was replaced by an empty string.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Warning {
-    /// The field whose prefill contains the keyword.
-    pub field: String,
-    /// The keyword, such as `SIFT-USER-NAME`.
-    pub keyword: &'static str,
-}
-
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "field {:?}: {} has no value in the context and was replaced by an empty string",
-            self.field, self.keyword
-        )
-    }
-}
-
 /// Final form values, ready for the `work` payload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolvedForm {
     /// `(name, value)` pairs in the manifest's field order; in the order given when the manifest
     /// has no fields.
     pub values: Vec<(String, String)>,
-    /// Keywords that had no value in the context.
+    /// Keywords that had no value in the context ([`crate::warning::WarningKind::MissingKeyword`]).
     pub warnings: Vec<Warning>,
 }
 
@@ -125,10 +107,7 @@ pub fn substitute(
                 match context.value(key) {
                     Some(value) => output.push_str(&value),
                     None => {
-                        let warning = Warning {
-                            field: field.to_owned(),
-                            keyword,
-                        };
+                        let warning = Warning::missing_keyword(field, keyword);
                         if !warnings.contains(&warning) {
                             warnings.push(warning);
                         }

@@ -87,10 +87,7 @@ fn substitute_prefix_collisions() {
     assert_eq!(output, r#" {"id":1}"#);
     assert_eq!(
         warnings,
-        [Warning {
-            field: "f".to_owned(),
-            keyword: "SIFT-SELECTED-NODE-ID"
-        }]
+        [Warning::missing_keyword("f", "SIFT-SELECTED-NODE-ID")]
     );
 }
 
@@ -141,14 +138,8 @@ fn substitute_missing_keyword_warns_once() {
     assert_eq!(
         warnings,
         [
-            Warning {
-                field: "f".to_owned(),
-                keyword: "SIFT-USER-NAME"
-            },
-            Warning {
-                field: "f".to_owned(),
-                keyword: "SIFT-CANVAS-NAME"
-            },
+            Warning::missing_keyword("f", "SIFT-USER-NAME"),
+            Warning::missing_keyword("f", "SIFT-CANVAS-NAME"),
         ]
     );
     assert_eq!(
@@ -280,10 +271,7 @@ fn resolve_reports_missing_keyword() {
     assert_eq!(form.values, pairs(&[("m", "by ")]));
     assert_eq!(
         form.warnings,
-        [Warning {
-            field: "m".to_owned(),
-            keyword: "SIFT-USER-NAME"
-        }]
+        [Warning::missing_keyword("m", "SIFT-USER-NAME")]
     );
 }
 
