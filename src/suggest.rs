@@ -43,7 +43,7 @@ where
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    // Row i holds the distances between the first i characters of `a` and each prefix of `b`.
+    // Row i contains the distances between the first i characters of `a` and each prefix of `b`.
     // A swap looks two rows back, so three rows are kept.
     let mut before_previous: Vec<usize> = vec![0; b.len() + 1];
     let mut previous: Vec<usize> = (0..=b.len()).collect();

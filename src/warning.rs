@@ -12,7 +12,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// What a [`Warning`] is about.
+/// The subject of a [`Warning`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -27,7 +27,7 @@ pub enum WarningKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Warning {
-    /// What the warning is about.
+    /// The warning's subject.
     pub kind: WarningKind,
     /// The form field whose prefill contains the keyword ([`WarningKind::MissingKeyword`]).
     pub field: Option<String>,

@@ -132,11 +132,16 @@ async fn invalid_input_gets_422() {
         .await;
     assert_eq!(response.status, 422, "{}", response.text());
 
-    // A manifest with two problems lists both.
+    // A manifest with four problems lists them all: an unknown key does not hide the others,
+    // and a prefill without keywords must obey its own field's rules.
     let bad_manifest = json!({
         "name": "Broken",
+        "colour": "red",
         "section": "sidebar",
-        "fields": [{ "name": "x", "ui_element": "slider" }]
+        "fields": [
+            { "name": "x", "ui_element": "slider" },
+            { "name": "ticket", "value": "T-1", "regex": "TCK-[0-9]{4}" }
+        ]
     });
     let response = client
         .multipart(
@@ -161,8 +166,21 @@ async fn invalid_input_gets_422() {
         .iter()
         .filter_map(|error| error["field"].as_str())
         .collect();
-    assert!(paths.contains(&"section"), "{body}");
-    assert!(paths.contains(&"fields[0].ui_element"), "{body}");
+    assert_eq!(
+        paths,
+        [
+            "colour",
+            "section",
+            "fields[0].ui_element",
+            "fields[1].value"
+        ],
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][3]["message"],
+        "prefill \"T-1\" does not match the regex TCK-[0-9]{4} as a whole; change the prefill \
+         or the field's rules"
+    );
 
     // No manifest part and no integration.toml in the package.
     let bare = dir.path().join("bare");

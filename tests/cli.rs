@@ -229,7 +229,7 @@ fn set_unknown_field_exits_2() {
     output.assert_exit(2);
     assert_contains(
         &output.stderr,
-        "unknown field \"colour\"; known fields: message",
+        "unknown field \"colour\" (\"red\"); known fields: message",
     );
 }
 
@@ -259,16 +259,66 @@ fn bad_manifest_lists_every_problem() {
     }
 }
 
-/// An unknown manifest key is rejected, naming the key and the allowed keys.
+/// An unknown manifest key is rejected with a suggestion, next to the manifest's other problems.
 #[test]
 fn manifest_unknown_key_exits_2() {
     let dir = tempfile::tempdir().expect("temporary folder");
-    let package = echo_with_manifest(dir.path(), "name = \"Echo\"\ncolour = \"red\"\n");
+    let package = echo_with_manifest(
+        dir.path(),
+        "name = \"Echo\"\nsection_elemnt = \"report\"\nsection = \"sidebar\"\n",
+    );
     let output = agentrun(&["run"]).arg(&package).run();
 
     output.assert_exit(2);
-    assert_contains(&output.stderr, "unknown field `colour`");
-    assert_contains(&output.stderr, "expected one of `name`");
+    assert_contains(
+        &output.stderr,
+        "section_elemnt: unknown key; did you mean \"section_element\"?",
+    );
+    assert_contains(
+        &output.stderr,
+        "section: unknown value \"sidebar\"; expected one of canvas, collaborate",
+    );
+}
+
+/// `check` rejects prefills without keywords that break their own field's rules, naming the
+/// field, the prefill and the rule.
+#[test]
+fn check_rejects_literal_prefills() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"ticket\"\n\
+                    value = \"T-1\"\n\
+                    regex = \"TCK-[0-9]{4}\"\n\n\
+                    [[fields]]\n\
+                    name = \"urgency\"\n\
+                    ui_element = \"select\"\n\
+                    options = [{ label = \"High\", value = \"high\" }, { value = \"low\" }]\n\
+                    value = \"urgent\"\n\n\
+                    [[fields]]\n\
+                    name = \"due\"\n\
+                    ui_element = \"date\"\n\
+                    value = \"tomorrow\"\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["check"]).arg(&package).run();
+
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "has 3 problems:");
+    assert_contains(
+        &output.stderr,
+        "fields[0].value (field \"ticket\"): prefill \"T-1\" does not match the regex \
+         TCK-[0-9]{4} as a whole",
+    );
+    assert_contains(
+        &output.stderr,
+        "fields[1].value (field \"urgency\"): prefill \"urgent\" is not one of the option \
+         values: high, low",
+    );
+    assert_contains(
+        &output.stderr,
+        "fields[2].value (field \"due\"): prefill \"tomorrow\" is not a date in the form \
+         YYYY-MM-DD",
+    );
 }
 
 /// `check` lists every problem of a bad package, the Dockerfile's included.
@@ -310,7 +360,33 @@ fn select_value_not_in_options_exits_2() {
         .run();
 
     output.assert_exit(2);
-    assert_contains(&output.stderr, "field \"level\" must be one of: high, low");
+    assert_contains(
+        &output.stderr,
+        "field \"level\": \"medium\" is not one of the option values: high, low",
+    );
+}
+
+/// A select value that is an option's label is rejected with a hint naming the option's value.
+#[test]
+fn select_label_given_names_value() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"priority\"\n\
+                    ui_element = \"select\"\n\
+                    options = [{ label = \"High\", value = \"high\" }, { label = \"Low\", value = \"low\" }]\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["run"])
+        .arg(&package)
+        .args(["--set", "priority=High"])
+        .run();
+
+    output.assert_exit(2);
+    assert_contains(
+        &output.stderr,
+        "field \"priority\": \"High\" is not one of the option values: high, low; \"High\" is \
+         the label of option \"high\"",
+    );
 }
 
 /// A value that does not match the field's regex is rejected with its validation message.
@@ -324,7 +400,7 @@ fn regex_mismatch_shows_validation_message() {
     output.assert_exit(2);
     assert_contains(
         &output.stderr,
-        "field \"message\": Write a message to send to Slack.",
+        "field \"message\" (\"  \\n \"): Write a message to send to Slack.",
     );
 }
 
@@ -713,9 +789,9 @@ fn started_service_pids(stderr: &str) -> Vec<u32> {
 const BAD_MANIFEST_PROBLEMS: [&str; 4] = [
     "section_element: unknown value \"report\" for section \"canvas\"; expected one of nodes, \
      edges, canvas",
-    "fields[0].options: missing; a select field needs at least one option",
+    "fields[0].options (field \"level\"): missing; a select field needs at least one option",
     "fields[1].name: duplicate name \"level\"; fields[0] already uses it",
-    "fields[1].regex: invalid regex \"(unclosed\"",
+    "fields[1].regex (field \"level\"): invalid regex \"(unclosed\"",
 ];
 
 /// Writes a package with a Dockerfile without ENTRYPOINT and a manifest that breaks four
