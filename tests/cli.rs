@@ -97,6 +97,28 @@ fn run_echo_warns_missing_keyword() {
     );
 }
 
+/// A `selected-node` given as JSON fills the node id, display name and type keywords.
+#[test]
+fn run_selected_node_fills_keywords() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"message\"\n\
+                    value = \"SIFT-SELECTED-NODE-TYPE SIFT-SELECTED-NODE-ID (SIFT-SELECTED-NODE-DISPLAY-NAME)\"\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["run"])
+        .arg(&package)
+        .args([
+            "--context",
+            r#"selected-node={"id": 7, "displayName": "Host A", "type": "ip"}"#,
+        ])
+        .run();
+
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "ip 7 (Host A)\n");
+    assert_eq!(output.stderr, "");
+}
+
 /// `describe` on the subprocess executor reports a heartbeat.
 #[test]
 fn describe_echo_healthy() {

@@ -81,14 +81,66 @@ fn substitute_prefix_collisions() {
     );
     assert_eq!(output, "n42|ip|Host A|n42X");
 
-    // Only the node JSON is set: -ID must not become the JSON followed by "-ID".
-    let node_only = Context::from_pairs([r#"selected-node={"id":1}"#]).expect("context");
+    // Only the node JSON is set, without an id: -ID must not become the JSON followed by "-ID".
+    let node_only = Context::from_pairs([r#"selected-node={"ip":1}"#]).expect("context");
     let (output, warnings) = sub("SIFT-SELECTED-NODE-ID SIFT-SELECTED-NODE", &node_only);
-    assert_eq!(output, r#" {"id":1}"#);
+    assert_eq!(output, r#" {"ip":1}"#);
     assert_eq!(
         warnings,
         [Warning::missing_keyword("f", "SIFT-SELECTED-NODE-ID")]
     );
+}
+
+/// A selected node fills the id, display name and type keywords that have no value of their own.
+#[test]
+fn selected_node_fills_node_keywords() {
+    let context = Context::from_pairs([
+        r#"selected-node={"id": 42, "displayName": "Host A", "label": "ignored", "type": "ip"}"#,
+    ])
+    .expect("context");
+    let (output, warnings) = sub(
+        "SIFT-SELECTED-NODE-ID|SIFT-SELECTED-NODE-DISPLAY-NAME|SIFT-SELECTED-NODE-TYPE",
+        &context,
+    );
+    assert_eq!(output, "42|Host A|ip");
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // `display_name` comes before `displayName` and `label`; `label` is the last resort.
+    let context: Context = serde_json::from_value(json!({
+        "selected-node": {"id": "n1", "display_name": "snake", "displayName": "camel"},
+    }))
+    .expect("context");
+    assert_eq!(
+        context.value("selected-node-display-name").as_deref(),
+        Some("snake")
+    );
+    let context: Context = serde_json::from_value(json!({
+        "selected-node": "{\"label\": \"Label only\"}",
+    }))
+    .expect("context");
+    assert_eq!(
+        context.value("selected-node-display-name").as_deref(),
+        Some("Label only")
+    );
+}
+
+/// Keys given explicitly win over the node's, and node values that are not text or numbers
+/// fill nothing.
+#[test]
+fn selected_node_keys_yield_to_given_values() {
+    let context = Context::from_pairs([
+        r#"selected-node={"id": "from-node", "type": {"name": "ip"}, "display_name": null, "label": true}"#,
+        "selected-node-id=given",
+    ])
+    .expect("context");
+    assert_eq!(context.value("selected-node-id").as_deref(), Some("given"));
+    assert_eq!(context.value("selected-node-type"), None);
+    assert_eq!(context.value("selected-node-display-name"), None);
+    // The context keeps what was given; only substitution reads the node.
+    assert_eq!(context.selected_node_type, None);
+
+    let list = Context::from_pairs([r#"selected-node=[{"id": 1}]"#]).expect("context");
+    assert_eq!(list.value("selected-node-id"), None);
 }
 
 #[test]
