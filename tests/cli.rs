@@ -119,6 +119,85 @@ fn run_selected_node_fills_keywords() {
     assert_eq!(output.stderr, "");
 }
 
+/// An `--env` name the manifest's `[env]` does not declare gets a warning on stderr and in the
+/// `--json` result, with the same fields as a keyword warning; the job still runs.
+#[test]
+fn run_warns_undeclared_env() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"message\"\n\
+                    value = \"hi SIFT-USER-NAME\"\n\n\
+                    [env]\n\
+                    TICKET_TOKEN = \"\"\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["run", "--json"])
+        .arg(&package)
+        .args([
+            "--env",
+            "TICKET_TOKN=secret-value",
+            "--env",
+            "TICKET_TOKEN=t",
+        ])
+        .run();
+
+    output.assert_exit(0);
+    let message = "env variable TICKET_TOKN is not declared in the manifest's [env], so the agent \
+                   may ignore it; did you mean TICKET_TOKEN?";
+    assert_contains(&output.stderr, &format!("warning: {message}"));
+    assert!(
+        !output.stderr.contains("secret-value"),
+        "env value on stderr: {}",
+        output.stderr
+    );
+    let result = output.stdout_json();
+    assert_eq!(
+        result["warnings"],
+        json!([
+            {
+                "kind": "missing_keyword",
+                "field": "message",
+                "keyword": "SIFT-USER-NAME",
+                "variable": null,
+                "message": "field \"message\": SIFT-USER-NAME has no value in the context and \
+                            was replaced by an empty string",
+            },
+            {
+                "kind": "undeclared_env",
+                "field": null,
+                "keyword": null,
+                "variable": "TICKET_TOKN",
+                "message": message,
+            },
+        ])
+    );
+
+    // `describe` warns the same way.
+    let output = agentrun(&["describe"])
+        .arg(&package)
+        .args(["--env", "TICKET_TOKN=secret-value"])
+        .run();
+    output.assert_exit(0);
+    assert_contains(&output.stderr, &format!("warning: {message}"));
+}
+
+/// A timeout outside 1 to 86400 seconds is rejected, as the manifest and the service reject it.
+#[test]
+fn timeout_out_of_range_exits_2() {
+    for timeout in ["0.5", "86401"] {
+        let output = agentrun(&["run"])
+            .arg(example("echo"))
+            .args(["--timeout", timeout])
+            .run();
+
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            &format!("invalid timeout \"{timeout}\": expected 1 to 86400 seconds"),
+        );
+    }
+}
+
 /// `describe` on the subprocess executor reports a heartbeat.
 #[test]
 fn describe_echo_healthy() {
