@@ -291,6 +291,45 @@ fn run_slack_server_error_exits_1() {
     assert_slack_post(&webhook.next_request(), "/hook", "hello");
 }
 
+/// An invalid webhook URL, such as a placeholder with a non-ASCII ellipsis, is reported as
+/// such before any request: exit 1 with the reason.
+#[test]
+fn run_slack_invalid_url_exits_1() {
+    let cases = [
+        (
+            "https://hooks.slack.com/services/…",
+            "it contains the non-ASCII character '…' at position 33, so it is probably still a \
+             placeholder",
+        ),
+        (
+            "hooks.slack.com/services/T000",
+            "it is not an http:// or https:// URL with a host",
+        ),
+        (
+            "https://",
+            "it is not an http:// or https:// URL with a host",
+        ),
+    ];
+    for (url, reason) in cases {
+        let output = agentrun(&["run"])
+            .arg(example("slack"))
+            .args(["--set", "message=hello"])
+            .arg("--env")
+            .arg(format!("url={url}"))
+            .run();
+
+        output.assert_exit(1);
+        assert_eq!(
+            output.stdout,
+            format!(
+                "The Slack webhook URL in the environment variable `url` is invalid: {reason}. \
+                 Set it to your incoming-webhook URL.\n"
+            ),
+            "{url}"
+        );
+    }
+}
+
 // ---- Exit status 2: invalid input --------------------------------------------------------------
 
 /// A package path that does not exist is invalid input.
