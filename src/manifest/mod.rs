@@ -27,7 +27,7 @@
 //! validation_message = "Write between 1 and 2000 characters."
 //!
 //! [env]
-//! url = "https://hooks.slack.com/services/…"
+//! url = "https://hooks.slack.com/services/REPLACE/WITH/YOURS"
 //!
 //! [run]
 //! command = ["python3", "agent.py"]
