@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value};
 
 use super::raw::{describe, Problems, Table};
-use super::validate::unknown_value;
+use super::validate::{unknown_value, Prefills};
 use super::{Field, FieldRegex, SelectOption, UiElement, MAX_FIELD_NAME_CHARS};
 use crate::forms;
 
@@ -25,7 +25,11 @@ const FIELD_KEYS: &[&str] = &[
 const OPTION_KEYS: &[&str] = &["label", "value"];
 
 /// Validates the `fields` list of the manifest's top-level `table`.
-pub(super) fn validate_fields(table: &Table<'_>, problems: &mut Problems) -> Vec<Field> {
+pub(super) fn validate_fields(
+    table: &Table<'_>,
+    prefills: Prefills,
+    problems: &mut Problems,
+) -> Vec<Field> {
     let items = match table.get("fields") {
         None => return Vec::new(),
         Some(Value::Array(items)) => items,
@@ -57,7 +61,7 @@ pub(super) fn validate_fields(table: &Table<'_>, problems: &mut Problems) -> Vec
 
         // A prefill that breaks the field's own definition was checked against rules that are
         // themselves wrong, so only a field without other problems gets its prefill checked.
-        if problems.len() == before {
+        if prefills == Prefills::Check && problems.len() == before {
             check_literal_prefill(&field_table, &field, problems);
         }
         fields.push(field);

@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 use serde::{Deserialize, Serialize, Serializer};
 
-use validate::RawManifest;
+use validate::{Prefills, RawManifest};
 
 /// File name of the manifest at a package's root.
 pub const MANIFEST_FILE: &str = "integration.toml";
@@ -331,6 +331,25 @@ impl Manifest {
     ///
     /// As [`Manifest::from_toml_str`].
     pub fn from_json_slice(json: &[u8]) -> Result<Self, ManifestError> {
+        Self::from_json_checking(json, Prefills::Check)
+    }
+
+    /// Parses a manifest that was valid when it was stored, such as one that a service saved
+    /// with [`Serialize`] when it registered an integration.
+    ///
+    /// The rules are those of [`Manifest::from_json_slice`], except that a prefill without
+    /// keywords is not checked against its field's rules. That check is newer than some stored
+    /// manifests, and rejecting them would make their integrations unreadable. Such a prefill
+    /// still fails when a job uses it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Manifest::from_json_slice`].
+    pub fn from_stored_json(json: &[u8]) -> Result<Self, ManifestError> {
+        Self::from_json_checking(json, Prefills::Skip)
+    }
+
+    fn from_json_checking(json: &[u8], prefills: Prefills) -> Result<Self, ManifestError> {
         let origin = "manifest JSON";
         let tree: serde_json::Value =
             serde_json::from_slice(json).map_err(|error| ManifestError::Syntax {
@@ -341,7 +360,7 @@ impl Manifest {
                 message: json_error_message(&error),
             })?;
         RawManifest::from_json(tree)
-            .validate()
+            .validate_with(prefills)
             .map_err(|problems| ManifestError::Invalid {
                 origin: origin.to_owned(),
                 problems,

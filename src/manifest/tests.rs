@@ -725,3 +725,24 @@ fn manifest_problem_names_field() {
         "{error}"
     );
 }
+
+/// A stored manifest whose literal prefill predates the prefill check still loads, while the
+/// same JSON from a user is rejected.
+#[test]
+fn manifest_stored_json_skips_prefill_check() {
+    let json = br#"{"name": "x", "fields": [{"name": "level", "ui_element": "select",
+        "options": [{"value": "high"}], "value": "urgent"}]}"#;
+    let error = Manifest::from_json_slice(json).expect_err("literal prefill breaks its rule");
+    assert_eq!(
+        error.problems(),
+        ["fields[0].value (field \"level\"): prefill \"urgent\" is not one of the option values: \
+          high; change the prefill or the field's rules"]
+    );
+
+    let stored = Manifest::from_stored_json(json).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(stored.fields[0].value.as_deref(), Some("urgent"));
+
+    // Every other rule still applies.
+    let error = Manifest::from_stored_json(br#"{"name": "x", "colour": 1}"#).expect_err("unknown");
+    assert_eq!(error.problems().len(), 1);
+}

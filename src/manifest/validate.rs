@@ -29,6 +29,15 @@ const MANIFEST_KEYS: &[&str] = &[
 /// Keys of the `[run]` table.
 const RUN_KEYS: &[&str] = &["command", "timeout_secs"];
 
+/// Whether validation checks prefills without keywords against their fields' rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Prefills {
+    /// Check them: for manifests that users write.
+    Check,
+    /// Skip the check: for manifests stored before it existed.
+    Skip,
+}
+
 /// The manifest as written, before validation: any JSON value.
 #[derive(Debug, Deserialize)]
 #[serde(transparent)]
@@ -47,6 +56,15 @@ impl RawManifest {
 
     /// Checks every rule and returns the manifest, or every problem found.
     pub fn validate(self) -> Result<Manifest, Vec<ManifestProblem>> {
+        self.validate_with(Prefills::Check)
+    }
+
+    /// Checks every rule, the check of prefills without keywords only when `prefills` asks for
+    /// it, and returns the manifest or every problem found.
+    pub(super) fn validate_with(
+        self,
+        prefills: Prefills,
+    ) -> Result<Manifest, Vec<ManifestProblem>> {
         let mut problems = Problems::default();
         let Value::Object(entries) = &self.0 else {
             problems.add(
@@ -65,7 +83,7 @@ impl RawManifest {
         let take_user_input = table.boolean("take_user_input", &mut problems);
         let placement = validate_placement(&table, &mut problems);
         let section_element_type = validate_element_types(&table, &placement, &mut problems);
-        let fields = validate_fields(&table, &mut problems);
+        let fields = validate_fields(&table, prefills, &mut problems);
         let env = validate_env(&table, &mut problems);
         let run = validate_run(&table, &mut problems);
 
