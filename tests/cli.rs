@@ -97,6 +97,107 @@ fn run_echo_warns_missing_keyword() {
     );
 }
 
+/// A `selected-node` given as JSON fills the node id, display name and type keywords.
+#[test]
+fn run_selected_node_fills_keywords() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"message\"\n\
+                    value = \"SIFT-SELECTED-NODE-TYPE SIFT-SELECTED-NODE-ID (SIFT-SELECTED-NODE-DISPLAY-NAME)\"\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["run"])
+        .arg(&package)
+        .args([
+            "--context",
+            r#"selected-node={"id": 7, "displayName": "Host A", "type": "ip"}"#,
+        ])
+        .run();
+
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "ip 7 (Host A)\n");
+    assert_eq!(output.stderr, "");
+}
+
+/// An `--env` name the manifest's `[env]` does not declare gets a warning on stderr and in the
+/// `--json` result, with the same fields as a keyword warning; the job still runs.
+#[test]
+fn run_warns_undeclared_env() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"message\"\n\
+                    value = \"hi SIFT-USER-NAME\"\n\n\
+                    [env]\n\
+                    TICKET_TOKEN = \"\"\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["run", "--json"])
+        .arg(&package)
+        .args([
+            "--env",
+            "TICKET_TOKN=secret-value",
+            "--env",
+            "TICKET_TOKEN=t",
+        ])
+        .run();
+
+    output.assert_exit(0);
+    let message = "env variable TICKET_TOKN is not declared in the manifest's [env], so the agent \
+                   may ignore it; did you mean TICKET_TOKEN?";
+    assert_contains(&output.stderr, &format!("warning: {message}"));
+    assert!(
+        !output.stderr.contains("secret-value"),
+        "env value on stderr: {}",
+        output.stderr
+    );
+    let result = output.stdout_json();
+    assert_eq!(
+        result["warnings"],
+        json!([
+            {
+                "kind": "missing_keyword",
+                "field": "message",
+                "keyword": "SIFT-USER-NAME",
+                "variable": null,
+                "message": "field \"message\": SIFT-USER-NAME has no value in the context and \
+                            was replaced by an empty string",
+            },
+            {
+                "kind": "undeclared_env",
+                "field": null,
+                "keyword": null,
+                "variable": "TICKET_TOKN",
+                "message": message,
+            },
+        ])
+    );
+
+    // `describe` warns the same way.
+    let output = agentrun(&["describe"])
+        .arg(&package)
+        .args(["--env", "TICKET_TOKN=secret-value"])
+        .run();
+    output.assert_exit(0);
+    assert_contains(&output.stderr, &format!("warning: {message}"));
+}
+
+/// A timeout outside 1 to 86400 seconds is rejected, as the manifest and the service reject it.
+#[test]
+fn timeout_out_of_range_exits_2() {
+    for timeout in ["0.5", "86401"] {
+        let output = agentrun(&["run"])
+            .arg(example("echo"))
+            .args(["--timeout", timeout])
+            .run();
+
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            &format!("invalid timeout \"{timeout}\": expected 1 to 86400 seconds"),
+        );
+    }
+}
+
 /// `describe` on the subprocess executor reports a heartbeat.
 #[test]
 fn describe_echo_healthy() {
@@ -190,6 +291,45 @@ fn run_slack_server_error_exits_1() {
     assert_slack_post(&webhook.next_request(), "/hook", "hello");
 }
 
+/// An invalid webhook URL, such as a placeholder with a non-ASCII ellipsis, is reported as
+/// such before any request: exit 1 with the reason.
+#[test]
+fn run_slack_invalid_url_exits_1() {
+    let cases = [
+        (
+            "https://hooks.slack.com/services/…",
+            "it contains the non-ASCII character '…' at position 33, so it is probably still a \
+             placeholder",
+        ),
+        (
+            "hooks.slack.com/services/T000",
+            "it is not an http:// or https:// URL with a host",
+        ),
+        (
+            "https://",
+            "it is not an http:// or https:// URL with a host",
+        ),
+    ];
+    for (url, reason) in cases {
+        let output = agentrun(&["run"])
+            .arg(example("slack"))
+            .args(["--set", "message=hello"])
+            .arg("--env")
+            .arg(format!("url={url}"))
+            .run();
+
+        output.assert_exit(1);
+        assert_eq!(
+            output.stdout,
+            format!(
+                "The Slack webhook URL in the environment variable `url` is invalid: {reason}. \
+                 Set it to your incoming-webhook URL.\n"
+            ),
+            "{url}"
+        );
+    }
+}
+
 // ---- Exit status 2: invalid input --------------------------------------------------------------
 
 /// A package path that does not exist is invalid input.
@@ -229,7 +369,7 @@ fn set_unknown_field_exits_2() {
     output.assert_exit(2);
     assert_contains(
         &output.stderr,
-        "unknown field \"colour\"; known fields: message",
+        "unknown field \"colour\" (\"red\"); known fields: message",
     );
 }
 
@@ -259,16 +399,66 @@ fn bad_manifest_lists_every_problem() {
     }
 }
 
-/// An unknown manifest key is rejected, naming the key and the allowed keys.
+/// An unknown manifest key is rejected with a suggestion, next to the manifest's other problems.
 #[test]
 fn manifest_unknown_key_exits_2() {
     let dir = tempfile::tempdir().expect("temporary folder");
-    let package = echo_with_manifest(dir.path(), "name = \"Echo\"\ncolour = \"red\"\n");
+    let package = echo_with_manifest(
+        dir.path(),
+        "name = \"Echo\"\nsection_elemnt = \"report\"\nsection = \"sidebar\"\n",
+    );
     let output = agentrun(&["run"]).arg(&package).run();
 
     output.assert_exit(2);
-    assert_contains(&output.stderr, "unknown field `colour`");
-    assert_contains(&output.stderr, "expected one of `name`");
+    assert_contains(
+        &output.stderr,
+        "section_elemnt: unknown key; did you mean \"section_element\"?",
+    );
+    assert_contains(
+        &output.stderr,
+        "section: unknown value \"sidebar\"; expected one of canvas, collaborate",
+    );
+}
+
+/// `check` rejects prefills without keywords that break their own field's rules, naming the
+/// field, the prefill and the rule.
+#[test]
+fn check_rejects_literal_prefills() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"ticket\"\n\
+                    value = \"T-1\"\n\
+                    regex = \"TCK-[0-9]{4}\"\n\n\
+                    [[fields]]\n\
+                    name = \"urgency\"\n\
+                    ui_element = \"select\"\n\
+                    options = [{ label = \"High\", value = \"high\" }, { value = \"low\" }]\n\
+                    value = \"urgent\"\n\n\
+                    [[fields]]\n\
+                    name = \"due\"\n\
+                    ui_element = \"date\"\n\
+                    value = \"tomorrow\"\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["check"]).arg(&package).run();
+
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "has 3 problems:");
+    assert_contains(
+        &output.stderr,
+        "fields[0].value (field \"ticket\"): prefill \"T-1\" does not match the regex \
+         TCK-[0-9]{4} as a whole",
+    );
+    assert_contains(
+        &output.stderr,
+        "fields[1].value (field \"urgency\"): prefill \"urgent\" is not one of the option \
+         values: high, low",
+    );
+    assert_contains(
+        &output.stderr,
+        "fields[2].value (field \"due\"): prefill \"tomorrow\" is not a date in the form \
+         YYYY-MM-DD",
+    );
 }
 
 /// `check` lists every problem of a bad package, the Dockerfile's included.
@@ -310,7 +500,33 @@ fn select_value_not_in_options_exits_2() {
         .run();
 
     output.assert_exit(2);
-    assert_contains(&output.stderr, "field \"level\" must be one of: high, low");
+    assert_contains(
+        &output.stderr,
+        "field \"level\": \"medium\" is not one of the option values: high, low",
+    );
+}
+
+/// A select value that is an option's label is rejected with a hint naming the option's value.
+#[test]
+fn select_label_given_names_value() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"priority\"\n\
+                    ui_element = \"select\"\n\
+                    options = [{ label = \"High\", value = \"high\" }, { label = \"Low\", value = \"low\" }]\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["run"])
+        .arg(&package)
+        .args(["--set", "priority=High"])
+        .run();
+
+    output.assert_exit(2);
+    assert_contains(
+        &output.stderr,
+        "field \"priority\": \"High\" is not one of the option values: high, low; \"High\" is \
+         the label of option \"high\"",
+    );
 }
 
 /// A value that does not match the field's regex is rejected with its validation message.
@@ -324,7 +540,7 @@ fn regex_mismatch_shows_validation_message() {
     output.assert_exit(2);
     assert_contains(
         &output.stderr,
-        "field \"message\": Write a message to send to Slack.",
+        "field \"message\" (\"  \\n \"): Write a message to send to Slack.",
     );
 }
 
@@ -713,9 +929,9 @@ fn started_service_pids(stderr: &str) -> Vec<u32> {
 const BAD_MANIFEST_PROBLEMS: [&str; 4] = [
     "section_element: unknown value \"report\" for section \"canvas\"; expected one of nodes, \
      edges, canvas",
-    "fields[0].options: missing; a select field needs at least one option",
+    "fields[0].options (field \"level\"): missing; a select field needs at least one option",
     "fields[1].name: duplicate name \"level\"; fields[0] already uses it",
-    "fields[1].regex: invalid regex \"(unclosed\"",
+    "fields[1].regex (field \"level\"): invalid regex \"(unclosed\"",
 ];
 
 /// Writes a package with a Dockerfile without ENTRYPOINT and a manifest that breaks four

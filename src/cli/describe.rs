@@ -2,9 +2,9 @@
 
 use agentrun_executor::CancellationToken;
 
-use super::output::{print_json, report_error};
+use super::output::{print_json, print_warnings, report_error};
 use super::{connect_dispatcher, load_package, DescribeArgs};
-use crate::dispatcher::{merge_env, DescribeOptions, HealthReport};
+use crate::dispatcher::{merge_env, undeclared_env, DescribeOptions, HealthReport};
 use crate::error::{exit_for, Error, Exit, Outcome};
 
 /// Runs `agentrun describe` and returns its exit status.
@@ -28,6 +28,7 @@ pub async fn describe(args: DescribeArgs) -> Exit {
 async fn check_health(args: &DescribeArgs) -> Result<(String, HealthReport), Error> {
     let mut loaded = load_package(&args.target.package).await?;
     loaded.integration.env = merge_env(&loaded.integration.env, &args.env)?;
+    print_warnings(&undeclared_env(&loaded.integration.manifest, &args.env));
     let dispatcher = connect_dispatcher(&args.target).await?;
     let prepared = dispatcher.prepare(&loaded.integration).await?;
 

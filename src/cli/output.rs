@@ -65,8 +65,8 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Prints each warning on stderr.
-pub fn print_warnings(warnings: &[String]) {
+/// Prints each warning's message on stderr.
+pub fn print_warnings(warnings: &[crate::warning::Warning]) {
     for warning in warnings {
         eprintln!("warning: {warning}");
     }

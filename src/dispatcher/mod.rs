@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::forms::{self, Context};
 use crate::manifest::{is_env_name, Manifest};
 use crate::protocol::{agent_id_for, JobIdGenerator, Request};
+use crate::warning::Warning;
 
 #[cfg(doc)]
 use crate::protocol::parse_info_reply;
@@ -193,8 +194,9 @@ pub struct WorkResult {
     pub duration_ms: u64,
     /// The normalised reply, when it replied.
     pub reply: Option<serde_json::Value>,
-    /// Keywords that had no value in the context.
-    pub warnings: Vec<String>,
+    /// Keywords that had no value in the context, then env variables given for the job that the
+    /// manifest's `[env]` does not declare (only when it declares some).
+    pub warnings: Vec<Warning>,
     /// Why there is no valid reply: what was expected, the exit status and the last stderr
     /// lines. `None` for `succeeded` and `failed`.
     pub error: Option<String>,
@@ -357,6 +359,8 @@ impl Dispatcher {
         let form = forms::resolve(&integration.manifest, &request.values, &request.context)?;
         let env = merge_env(&integration.env, &request.env)?;
         let timeout = self.timeout_for(integration, request.timeout)?;
+        let mut warnings = form.warnings;
+        warnings.extend(undeclared_env(&integration.manifest, &request.env));
 
         let job_id = request.job_id.unwrap_or_else(|| self.job_ids.next_id());
         let stdin = Request::work(integration.agent_id, job_id, &form.values).to_bytes();
@@ -377,7 +381,7 @@ impl Dispatcher {
                 self.defaults.max_stdout_bytes,
                 self.defaults.stderr_tail_lines,
             );
-            result.warnings = form.warnings.iter().map(ToString::to_string).collect();
+            result.warnings = warnings;
 
             tracing::info!(
                 status = result.status.as_str(),
@@ -451,6 +455,26 @@ impl Dispatcher {
             kind = kind.as_str(),
         )
     }
+}
+
+/// Returns a warning for each name in `env` that the manifest's `[env]` does not declare, or
+/// none when the manifest declares no variables (it then documents none, so any name may be
+/// expected). Each name is reported once, in the order given.
+pub fn undeclared_env(manifest: &Manifest, env: &[(String, String)]) -> Vec<Warning> {
+    if manifest.env.is_empty() {
+        return Vec::new();
+    }
+    let mut warnings: Vec<Warning> = Vec::new();
+    for (name, _) in env {
+        let reported = warnings
+            .iter()
+            .any(|warning| warning.variable.as_deref() == Some(name.as_str()));
+        if !manifest.env.contains_key(name) && !reported {
+            let declared = manifest.env.keys().map(String::as_str);
+            warnings.push(Warning::undeclared_env(name, declared));
+        }
+    }
+    warnings
 }
 
 /// Returns `base` with `overrides` applied: a key already in `base` gets the new value in its

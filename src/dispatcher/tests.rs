@@ -213,6 +213,58 @@ async fn work_path_values_stay_payload_text() {
     assert_eq!(integration.package_spec().root, Path::new("/pkg"));
 }
 
+/// Env variables given for a job that the manifest's `[env]` does not declare are reported once
+/// each, after the keyword warnings, and the job still gets them.
+#[tokio::test]
+async fn work_warns_undeclared_env() {
+    let executor = FakeExecutor::new(replying(0));
+    let dispatcher = Dispatcher::new(executor.clone());
+    let mut work = request(&[("alpha", "abc")]);
+    work.env = [("A", "9"), ("b", "x"), ("DEBUG", "1"), ("b", "y")]
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+
+    let result = with_timeout(dispatcher.work(&integration(FORM), &prepared(), work))
+        .await
+        .expect("job runs");
+
+    let kinds: Vec<crate::warning::WarningKind> =
+        result.warnings.iter().map(|warning| warning.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            crate::warning::WarningKind::MissingKeyword,
+            crate::warning::WarningKind::UndeclaredEnv,
+            crate::warning::WarningKind::UndeclaredEnv,
+        ]
+    );
+    assert_eq!(result.warnings[1].variable.as_deref(), Some("b"));
+    assert_eq!(
+        result.warnings[1].message,
+        "env variable b is not declared in the manifest's [env], so the agent may ignore it; \
+         did you mean B?"
+    );
+    assert_eq!(
+        result.warnings[2].message,
+        "env variable DEBUG is not declared in the manifest's [env], so the agent may ignore it; \
+         the manifest declares A, B"
+    );
+    let env = &executor.jobs()[0].env;
+    assert!(
+        env.contains(&("DEBUG".to_owned(), "1".to_owned())),
+        "{env:?}"
+    );
+}
+
+/// A manifest without `[env]` declares nothing, so any variable is expected and none warns.
+#[test]
+fn undeclared_env_silent_without_manifest_env() {
+    let integration = integration("name = \"bare\"\n");
+    let env = [("ANYTHING".to_owned(), "1".to_owned())];
+    assert_eq!(undeclared_env(&integration.manifest, &env), []);
+}
+
 #[tokio::test]
 async fn work_draws_increasing_job_ids() {
     let executor = FakeExecutor::new(replying(0));
@@ -400,7 +452,10 @@ async fn work_succeeded() {
     assert_eq!(result.error, None);
     assert_eq!(
         result.warnings,
-        ["field \"zeta\": SIFT-USER-NAME has no value in the context and was replaced by an empty string"]
+        [crate::warning::Warning::missing_keyword(
+            "zeta",
+            "SIFT-USER-NAME"
+        )]
     );
     let reply = result.reply.as_ref().expect("reply kept");
     assert_eq!(reply["action"], "popup-message");
