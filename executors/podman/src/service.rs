@@ -41,6 +41,10 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Number of trailing bytes of the service's log quoted in error messages.
 const LOG_TAIL_BYTES: u64 = 2048;
 
+/// Environment variables that turn `podman` into a remote client: `CONTAINER_HOST` names a
+/// service URL and `CONTAINER_CONNECTION` a named connection of `podman system connection`.
+const REMOTE_CLIENT_VARS: [&str; 2] = ["CONTAINER_HOST", "CONTAINER_CONNECTION"];
+
 /// The command line of a private service.
 #[derive(Clone, Debug)]
 pub(crate) struct ServiceCommand {
@@ -61,6 +65,19 @@ impl ServiceCommand {
             line.push_str(&arg);
         }
         line
+    }
+
+    /// Builds the process to spawn, with stdin closed and stdout and stderr still to be set.
+    fn command(&self, socket: &Path) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.args(self.args(socket)).stdin(Stdio::null());
+        // With either variable set, `podman` runs as a remote client of the service it names
+        // and rejects `system service` with its socket argument. The private service must be
+        // a local one, whatever the engine's environment points at.
+        for name in REMOTE_CLIENT_VARS {
+            command.env_remove(name);
+        }
+        command
     }
 
     fn args(&self, socket: &Path) -> Vec<String> {
@@ -121,12 +138,8 @@ impl ServiceProcess {
         let log_path = dir.path().join("service.log");
         let log = File::create(&log_path)?;
 
-        let mut child_command = Command::new(&command.binary);
-        child_command
-            .args(command.args(&socket))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        let mut child_command = command.command(&socket);
+        child_command.stdout(log.try_clone()?).stderr(log);
 
         let engine_pid = nix::unistd::getpid();
         // SAFETY: the closure runs in the forked child before exec, where only
@@ -343,6 +356,23 @@ mod tests {
             command.display(Path::new("/s")),
             "/usr/bin/podman system service --time 0 unix:///s"
         );
+    }
+
+    /// The service must not inherit the variables that make `podman` a remote client.
+    #[test]
+    fn command_removes_remote_client_vars() {
+        let command = ServiceCommand {
+            binary: PathBuf::from("podman"),
+            runtime: None,
+            idle_secs: 5,
+        };
+        let process = command.command(Path::new("/s"));
+        let removed: Vec<_> = process
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(removed, ["CONTAINER_CONNECTION", "CONTAINER_HOST"]);
     }
 
     #[test]
