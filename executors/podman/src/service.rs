@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
@@ -104,6 +104,10 @@ pub(crate) struct ServiceProcess {
     socket: PathBuf,
     log_path: PathBuf,
     exit: Arc<ExitState>,
+    /// Idle timeout given to the service; zero when it has none.
+    idle_timeout: Duration,
+    /// When the engine last handed out this service's connection for a request.
+    last_used: Mutex<Instant>,
     keeper: Option<thread::JoinHandle<()>>,
     /// The private directory with the socket and the log. Declared last so that it is removed
     /// after the process is gone.
@@ -130,6 +134,7 @@ impl ServiceProcess {
     /// The directory could not be created or the program could not be started (for example
     /// because it is not installed).
     pub(crate) fn start(command: &ServiceCommand) -> io::Result<Self> {
+        let started = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("agentrun-podman-")
             .tempdir()?;
@@ -192,6 +197,9 @@ impl ServiceProcess {
             socket,
             log_path,
             exit,
+            idle_timeout: Duration::from_secs(command.idle_secs),
+            // Podman's idle timer starts with the service, which is after this point.
+            last_used: Mutex::new(started),
             keeper: Some(keeper),
             _dir: dir,
         })
@@ -215,6 +223,31 @@ impl ServiceProcess {
             .exited
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that a request is about to use the service.
+    pub(crate) fn mark_used(&self) {
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    }
+
+    /// Returns true when the service has gone without requests from this engine for half its
+    /// idle timeout or longer, so that the timeout may have fired.
+    ///
+    /// Podman's idle timer restarts when the last open connection closes, which is always after
+    /// the engine handed that connection out. Half the timeout is left as a margin for a machine
+    /// that stalls between this check and the request.
+    pub(crate) fn may_have_idled_out(&self) -> bool {
+        if self.idle_timeout.is_zero() {
+            return false;
+        }
+        let last_used = *self
+            .last_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last_used.elapsed() >= self.idle_timeout / 2
     }
 
     /// Returns the end of the service's log, for error messages.

@@ -650,8 +650,10 @@ async fn private_service_restarts_after_idle_timeout() {
     let executor = private_executor(config).await;
     let first_pid = executor.service_pid().expect("a private service runs");
 
+    // The executor's own flag, not the process table: the flag is set only once the service is
+    // gone for good, while /proc shows it as a zombie a little earlier.
     within("the idle service's exit", async {
-        while process_alive(first_pid) {
+        while !executor.service_exited() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -670,6 +672,38 @@ async fn private_service_restarts_after_idle_timeout() {
         !process_alive(second_pid),
         "service {second_pid} still runs after drop"
     );
+}
+
+/// A service whose socket is gone while its process still runs, as when Podman shuts down after
+/// its idle timeout, is replaced before the next request instead of failing it.
+#[tokio::test]
+async fn private_service_restarts_when_socket_is_gone() {
+    require_podman!("private_service_restarts_when_socket_is_gone");
+    let config = test_config();
+    let instance = config.instance.clone();
+    let executor = private_executor(config).await;
+    let first_pid = executor.service_pid().expect("a private service runs");
+    let first_socket = executor.socket();
+
+    std::fs::remove_file(&first_socket).expect("the service's socket exists");
+    assert!(process_alive(first_pid), "service {first_pid} still runs");
+    assert!(!executor.service_exited());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let package = script_package(dir.path(), "SocketGone", CAT_AGENT);
+    let prepared = prepare(&executor, &package).await;
+    let outcome = run(&executor, &prepared, job(25, b"after the socket went")).await;
+
+    assert_eq!(outcome.stdout, b"after the socket went");
+    let second_pid = executor.service_pid().expect("a private service runs");
+    assert_ne!(second_pid, first_pid, "a new service was started");
+    assert_ne!(executor.socket(), first_socket);
+    within("the replaced service's exit", async {
+        while process_alive(first_pid) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_no_containers(&instance).await;
 }
 
 /// A missing `podman` program is reported as unavailable, naming the program.
