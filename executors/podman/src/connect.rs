@@ -10,7 +10,7 @@ use podman_api::Podman;
 use tracing::{debug, info, warn};
 
 use crate::libpod::CallError;
-use crate::service::{ServiceCommand, ServiceProcess};
+use crate::service::{sweep_stale_dirs, ServiceCommand, ServiceProcess};
 use crate::{PodmanConfig, PodmanExecutor, EXECUTOR};
 
 /// Limit on one ping while probing a socket. A live service responds in milliseconds, and the
@@ -144,13 +144,15 @@ impl PodmanExecutor {
     /// `/run/podman/podman.sock` when running as root or
     /// `$XDG_RUNTIME_DIR/podman/podman.sock` otherwise. When none responds to a ping, it starts
     /// `podman [--runtime R] system service --time <idle> unix://<socket>` on a socket in a
-    /// private directory and waits until it responds.
+    /// private directory and waits until it responds. Before any of that, it removes the
+    /// private directories that killed engines left behind.
     ///
     /// # Errors
     ///
     /// [`ExecutorError::Unavailable`] naming every socket tried and why the service could not
     /// be started, for example because `podman` is not installed.
     pub async fn connect(config: PodmanConfig) -> Result<Self, ExecutorError> {
+        sweep_service_dirs().await;
         let mut tried = Vec::new();
         let candidates = candidates(
             config.socket.as_deref(),
@@ -186,12 +188,15 @@ impl PodmanExecutor {
     }
 
     /// Starts a private `podman system service` and connects to it, without looking for a
-    /// running one. For callers that need an isolated service, such as tests.
+    /// running one. For callers that need an isolated service, such as tests. Like
+    /// [`PodmanExecutor::connect`], it first removes the private directories that killed
+    /// engines left behind.
     ///
     /// # Errors
     ///
     /// [`ExecutorError::Unavailable`] when the service could not be started.
     pub async fn with_private_service(config: PodmanConfig) -> Result<Self, ExecutorError> {
+        sweep_service_dirs().await;
         let connection = start_service(&config, &mut Vec::new()).await?;
         Ok(Self::with_connection(config, connection))
     }
@@ -435,6 +440,15 @@ fn socket_path(address: &str) -> Option<PathBuf> {
         return None;
     }
     Some(PathBuf::from(address))
+}
+
+/// Removes the private service directories that killed engines left in the temporary
+/// directory, where every private service gets its own.
+async fn sweep_service_dirs() {
+    let parent = std::env::temp_dir();
+    if let Err(error) = tokio::task::spawn_blocking(move || sweep_stale_dirs(&parent)).await {
+        debug!(%error, "sweeping private podman service directories failed");
+    }
 }
 
 /// Starts a private service and waits until it responds. `tried` lists the sockets already
