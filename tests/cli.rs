@@ -31,6 +31,68 @@ const TRICKY_MESSAGE: &str = "Report \"Q3\" by O'Brien:\n\tpath C:\\temp\\x\nGrÃ
 
 // ---- Subprocess: output and the examples -------------------------------------------------------
 
+/// Asserts that a run whose output stream was closed ended with `code` and without the panic
+/// that `println!` raises on a broken pipe.
+#[track_caller]
+fn assert_quiet_exit(output: &Output, code: i32, what: &str) {
+    assert_eq!(
+        output.code,
+        Some(code),
+        "{what}: unexpected exit status\nstdout:\n{}\nstderr:\n{}",
+        output.stdout,
+        output.stderr
+    );
+    assert!(
+        !output.stderr.contains("panicked") && !output.stderr.contains("Broken pipe"),
+        "{what}: stderr:\n{}",
+        output.stderr
+    );
+}
+
+/// Every command that prints results ends normally when its reader has closed stdout, as
+/// `agentrun check pkg | head -1` does.
+#[test]
+fn closed_stdout_exits_quietly() {
+    let echo = example("echo");
+    let cases: [(&[&str], i32); 10] = [
+        (&["check"], 0),
+        (&["check", "--json"], 0),
+        (&["run", "--set", "message=hi"], 0),
+        (&["run", "--json", "--set", "message=hi"], 0),
+        (&["describe"], 0),
+        (&["describe", "--json"], 0),
+        (&["build"], 0),
+        (&["build", "--json"], 0),
+        (&["--help"], 0),
+        (&["--version"], 0),
+    ];
+    for (args, code) in cases {
+        let mut command = agentrun(args).closed_stdout();
+        if !args[0].starts_with("--") {
+            command = command.arg(&echo);
+        }
+        let output = command.run();
+        assert_quiet_exit(&output, code, &args.join(" "));
+    }
+}
+
+/// Errors and warnings on a closed stderr do not turn an invalid package into a panic.
+#[test]
+fn closed_stderr_keeps_exit_status() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = bad_package(dir.path());
+
+    let output = agentrun(&["check"]).arg(&package).closed_stderr().run();
+    assert_eq!(output.code, Some(2), "stdout:\n{}", output.stdout);
+
+    let output = agentrun(&["run"])
+        .arg(example("echo"))
+        .closed_stderr()
+        .run();
+    assert_eq!(output.code, Some(0), "stdout:\n{}", output.stdout);
+    assert_eq!(output.stdout, "Hello from \n");
+}
+
 /// `run examples/echo` prints the popup message, with the context filled into the prefill.
 #[test]
 fn run_echo_prints_reply() {
@@ -895,6 +957,19 @@ impl Agentrun {
         self
     }
 
+    /// Connects stdout to a pipe whose reading end is already closed, as `| head -0` leaves it:
+    /// every write to stdout fails with a broken pipe.
+    fn closed_stdout(mut self) -> Self {
+        self.0.stdout(closed_pipe());
+        self
+    }
+
+    /// Connects stderr to a pipe whose reading end is already closed.
+    fn closed_stderr(mut self) -> Self {
+        self.0.stderr(closed_pipe());
+        self
+    }
+
     /// Runs the binary to its end, killing it and failing the test after [`CLI_TIMEOUT`].
     fn run(mut self) -> Output {
         let mut child = self
@@ -919,6 +994,13 @@ impl Agentrun {
             stderr,
         }
     }
+}
+
+/// Returns the writing end of a pipe whose reading end is closed.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Stdio::from(writer)
 }
 
 /// Reads a pipe to its end on a thread of its own, so that neither pipe can fill up and block

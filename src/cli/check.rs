@@ -4,7 +4,7 @@ use agentrun_executor::{Executor, Target};
 use agentrun_subprocess::SubprocessExecutor;
 use serde::Serialize;
 
-use super::output::{error_chain, print_json};
+use super::output::{errln, error_chain, outln, print_json};
 use super::CheckArgs;
 use crate::dispatcher::Integration;
 use crate::error::{exit_for, Error, Exit, Outcome};
@@ -140,35 +140,35 @@ fn entrypoint_problem(root: &std::path::Path) -> Result<Option<String>, String> 
 
 fn print_text(args: &CheckArgs, report: &CheckReport) {
     for warning in &report.warnings {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
     }
     if !report.valid {
-        eprintln!(
+        errln!(
             "error: {} has {} problem{}:",
             args.package.display(),
             report.problems.len(),
             if report.problems.len() == 1 { "" } else { "s" }
         );
         for problem in &report.problems {
-            eprintln!("  - {}", problem.replace('\n', "\n    "));
+            errln!("  - {}", problem.replace('\n', "\n    "));
         }
         return;
     }
 
-    println!("{} is valid", args.package.display());
+    outln!("{} is valid", args.package.display());
     if let Some(name) = &report.name {
-        println!("  name:     {name}");
+        outln!("  name:     {name}");
     }
     if let Some(agent_id) = &report.agent_id {
-        println!("  agentID:  {agent_id}");
+        outln!("  agentID:  {agent_id}");
     }
     if let Some(digest) = &report.digest {
-        println!("  digest:   {digest}");
+        outln!("  digest:   {digest}");
     }
     if !report.fields.is_empty() {
-        println!("  fields:   {}", report.fields.join(", "));
+        outln!("  fields:   {}", report.fields.join(", "));
     }
     if let Some(argv) = &report.subprocess_command {
-        println!("  command:  {}", shell_words::join(argv));
+        outln!("  command:  {}", shell_words::join(argv));
     }
 }
