@@ -168,6 +168,22 @@ fn describe_echo_healthy() {
     assert_contains(&output.stdout, "Echo is healthy: heartbeat in ");
 }
 
+/// `--network` cannot apply to a subprocess, so the CLI warns instead of ignoring it.
+#[test]
+fn network_with_subprocess_warns() {
+    let output = agentrun(&["describe", "--network", "none"])
+        .arg(example("echo"))
+        .run();
+
+    output.assert_exit(0);
+    assert_contains(
+        &output.stderr,
+        "warning: --network none has no effect on the subprocess executor",
+    );
+    assert_contains(&output.stderr, "-x docker or -x podman");
+    assert_contains(&output.stdout, "Echo is healthy");
+}
+
 /// `check` accepts the examples and prints what it found.
 #[test]
 fn check_examples_valid() {
