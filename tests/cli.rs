@@ -365,9 +365,101 @@ fn check_lists_every_problem() {
             BAD_MANIFEST_PROBLEMS.len() + 1
         ),
     );
-    assert_contains(&output.stderr, "Dockerfile has no ENTRYPOINT");
+    assert_contains(
+        &output.stderr,
+        "final stage (FROM python:3.11-slim on line 1) has no ENTRYPOINT or CMD that starts the \
+         agent",
+    );
     for problem in BAD_MANIFEST_PROBLEMS {
         assert_contains(&output.stderr, problem);
+    }
+    // The package is invalid on every backend, so no warning may claim that containers run it.
+    assert!(
+        !output.stderr.contains("Docker and Podman can"),
+        "{}",
+        output.stderr
+    );
+}
+
+/// Writes the echo example with `dockerfile` in place of its own, and returns the folder.
+fn echo_with_dockerfile(dir: &Path, dockerfile: &str) -> PathBuf {
+    let package = dir.join("echo");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    for name in ["agent.py", "integration.toml"] {
+        fs::copy(example("echo").join(name), package.join(name)).expect("copying the example");
+    }
+    fs::write(package.join("Dockerfile"), dockerfile).expect("writing the Dockerfile");
+    package
+}
+
+/// A Dockerfile with no ENTRYPOINT or CMD is invalid for `check`, `build` and `run` alike.
+#[test]
+fn dockerfile_without_agent_exits_2_everywhere() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\n",
+    );
+    let expected = "has no ENTRYPOINT or CMD that starts the agent";
+
+    let output = agentrun(&["check"]).arg(&package).run();
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "has 1 problem:");
+    assert_contains(&output.stderr, expected);
+    assert!(!output.stderr.contains("warning:"), "{}", output.stderr);
+
+    for command in ["build", "run"] {
+        let output = agentrun(&[command]).arg(&package).run();
+        output.assert_exit(2);
+        assert_contains(&output.stderr, expected);
+    }
+}
+
+/// A `CMD` names the agent as well as an `ENTRYPOINT` does, so `check` and `run` accept it.
+#[test]
+fn dockerfile_with_cmd_only_is_valid() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\nCMD [\"python3\", \"/app/agent.py\"]\n",
+    );
+
+    let output = agentrun(&["check"]).arg(&package).run();
+    output.assert_exit(0);
+    assert_contains(&output.stdout, "is valid");
+    assert_eq!(output.stderr, "");
+
+    let output = agentrun(&["run", "--set", "message=from CMD"])
+        .arg(&package)
+        .run();
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "from CMD\n");
+}
+
+/// An exec form with a missing comma is an error naming the fix, not a valid package with a
+/// warning that suggests a wrong one.
+#[test]
+fn dockerfile_missing_comma_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\nENTRYPOINT [\"python3\" \"/app/agent.py\"]\n",
+    );
+
+    for command in ["check", "run"] {
+        let output = agentrun(&[command]).arg(&package).run();
+
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            "ENTRYPOINT on line 3 is not a valid JSON array: expected `,` or `]` at character 12",
+        );
+        assert_contains(&output.stderr, "is a comma missing between two items?");
+        assert_contains(
+            &output.stderr,
+            "write it as `ENTRYPOINT [\"python3\", \"/app/agent.py\"]`",
+        );
+        assert!(!output.stderr.contains("[python3"), "{}", output.stderr);
     }
 }
 
@@ -443,6 +535,31 @@ fn hanging_agent_times_out_exits_3() {
         &output.stderr,
         "agent did not finish within 1 s and was killed",
     );
+}
+
+/// Docker and Podman reject a Dockerfile without ENTRYPOINT or CMD before they build it, as
+/// the subprocess executor does, instead of running the base image's own command.
+#[test]
+fn containers_reject_dockerfile_without_agent() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\n",
+    );
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "containers_reject_dockerfile_without_agent") {
+            continue;
+        }
+        let output = agentrun(&["run", "--network", "none", "--executor", kind.as_str()])
+            .arg(&package)
+            .run();
+
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            "has no ENTRYPOINT or CMD that starts the agent",
+        );
+    }
 }
 
 /// A Docker engine that cannot be reached: exit 4, naming the address tried.

@@ -1,6 +1,6 @@
 //! `agentrun check`: validate a package without running it, and list every problem.
 
-use agentrun_executor::{Executor, Target};
+use agentrun_executor::{check_dockerfile, Executor, ExecutorError, Target};
 use agentrun_subprocess::SubprocessExecutor;
 use serde::Serialize;
 
@@ -56,11 +56,18 @@ async fn inspect(args: &CheckArgs) -> CheckReport {
     };
     report.digest = Some(package.digest().to_owned());
 
-    match entrypoint_problem(package.root()) {
-        Ok(None) => {}
-        Ok(Some(problem)) => report.problems.push(problem),
-        Err(error) => report.problems.push(error),
-    }
+    // The rule every backend applies before it prepares a package.
+    let dockerfile_valid = match check_dockerfile(package.root()) {
+        Ok(_) => true,
+        Err(ExecutorError::InvalidPackage { reason, .. }) => {
+            report.problems.push(reason);
+            false
+        }
+        Err(error) => {
+            report.problems.push(error_chain(&error));
+            false
+        }
+    };
 
     let manifest = match Manifest::load(package.root(), package.name_hint()) {
         Ok(manifest) => manifest,
@@ -93,14 +100,17 @@ async fn inspect(args: &CheckArgs) -> CheckReport {
 
     // The subprocess backend maps the Dockerfile back to package files. A package that only
     // builds in a container (a compiled agent, say) is still valid for Docker and Podman, so
-    // that is a warning unless the manifest asks for a subprocess command explicitly.
-    match subprocess_command(&integration).await {
-        Ok(argv) => report.subprocess_command = Some(argv),
-        Err(error) if has_run_command => report.problems.push(error_chain(&error)),
-        Err(error) => report.warnings.push(format!(
-            "the subprocess executor cannot run this package (Docker and Podman can): {}",
-            error_chain(&error)
-        )),
+    // that is a warning unless the manifest asks for a subprocess command explicitly. A
+    // Dockerfile that failed the check above fails here the same way, so it is not tried.
+    if dockerfile_valid {
+        match subprocess_command(&integration).await {
+            Ok(argv) => report.subprocess_command = Some(argv),
+            Err(error) if has_run_command => report.problems.push(error_chain(&error)),
+            Err(error) => report.warnings.push(format!(
+                "the subprocess executor cannot run this package (Docker and Podman can): {}",
+                error_chain(&error)
+            )),
+        }
     }
 
     report.valid = report.problems.is_empty();
@@ -115,26 +125,6 @@ async fn subprocess_command(integration: &Integration) -> Result<Vec<String>, Er
     match prepared.target {
         Target::Command { argv, .. } => Ok(argv),
         Target::Image { reference } => Ok(vec![reference]),
-    }
-}
-
-/// Returns a problem when the Dockerfile names no agent: it has neither `ENTRYPOINT` nor `CMD`.
-fn entrypoint_problem(root: &std::path::Path) -> Result<Option<String>, String> {
-    let path = root.join("Dockerfile");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|error| format!("reading {} failed: {error}", path.display()))?;
-    let has_command = text.lines().any(|line| {
-        let word = line.split_whitespace().next().unwrap_or_default();
-        word.eq_ignore_ascii_case("ENTRYPOINT") || word.eq_ignore_ascii_case("CMD")
-    });
-    if has_command {
-        Ok(None)
-    } else {
-        Ok(Some(format!(
-            "{} has no ENTRYPOINT: add one in exec form that starts the agent, such as \
-             ENTRYPOINT [\"python3\", \"/app/agent.py\"]",
-            path.display()
-        )))
     }
 }
 

@@ -556,7 +556,10 @@ async fn prepare_failing_run_names_step() {
     let package = package(
         dir.path(),
         "Broken",
-        &format!("FROM {BASE_IMAGE}\nRUN echo compiling\nRUN echo linking failed >&2; exit 3\n"),
+        &format!(
+            "FROM {BASE_IMAGE}\nRUN echo compiling\nRUN echo linking failed >&2; exit 3\n\
+             CMD [\"true\"]\n"
+        ),
         &[],
     );
 
@@ -578,6 +581,55 @@ async fn prepare_failing_run_names_step() {
             assert!(log_tail.contains("linking failed"), "log tail: {log_tail}");
         }
         other => panic!("expected a build failure, got {other:?}"),
+    }
+}
+
+/// A Dockerfile that names no agent, or whose exec form is not valid JSON, is rejected before
+/// anything is built, with the message every backend gives.
+#[tokio::test]
+async fn prepare_rejects_dockerfile_without_agent() {
+    require_podman!("prepare_rejects_dockerfile_without_agent");
+    let executor = private_executor(test_config()).await;
+    let cases = [
+        (
+            format!("FROM {BASE_IMAGE}\nCOPY agent.sh /agent.sh\n"),
+            "final stage (FROM agentrun-busybox:latest on line 1) has no ENTRYPOINT or CMD that \
+             starts the agent",
+        ),
+        (
+            format!(
+                "FROM {BASE_IMAGE}\nCOPY agent.sh /agent.sh\nENTRYPOINT [\"/bin/sh\" \"/agent.sh\"]\n"
+            ),
+            "ENTRYPOINT on line 3 is not a valid JSON array",
+        ),
+    ];
+    for (dockerfile, expected) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let package = package(
+            dir.path(),
+            "NoAgent",
+            &dockerfile,
+            &[("agent.sh", CAT_AGENT)],
+        );
+
+        let error = within("prepare", executor.prepare(&package))
+            .await
+            .expect_err("the package is invalid");
+
+        match &error {
+            ExecutorError::InvalidPackage { path, reason } => {
+                assert_eq!(path, dir.path());
+                assert!(reason.contains(expected), "reason: {reason}");
+            }
+            other => panic!("expected an invalid package, got {other:?}"),
+        }
+        let tag =
+            agentrun_executor::image_tag(&package.integration, &package.agent_id, &package.digest);
+        assert!(
+            !podman(&["images", "--quiet", "--filter", &format!("reference={tag}")])
+                .contains(|c: char| c.is_ascii_hexdigit()),
+            "image {tag} was built"
+        );
     }
 }
 
