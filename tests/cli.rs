@@ -184,6 +184,45 @@ fn network_with_subprocess_warns() {
     assert_contains(&output.stdout, "Echo is healthy");
 }
 
+/// `check` of a zip shows the command with package-relative paths, since the folder it was
+/// unpacked into is removed when `check` ends.
+#[test]
+fn check_zip_shows_relative_command() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let mut entries = Vec::new();
+    for name in ["Dockerfile", "agent.py", "integration.toml"] {
+        let content = fs::read(example("echo").join(name)).expect("reading the echo example");
+        entries.push(ZipEntry::File(format!("echo/{name}"), content));
+    }
+    let archive = write_zip(&dir.path().join("echo.zip"), &entries);
+    let unpack_dir = empty_dir(&dir.path().join("tmp"));
+
+    let output = agentrun(&["check"])
+        .arg(&archive)
+        .env("TMPDIR", &unpack_dir)
+        .run();
+    output.assert_exit(0);
+    let command_line = output
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("  command:"))
+        .unwrap_or_else(|| panic!("no command line in:\n{}", output.stdout));
+    assert!(
+        command_line.ends_with(" ./agent.py"),
+        "command line: {command_line}"
+    );
+    assert!(!command_line.contains("agentrun-package"), "{command_line}");
+
+    let output = agentrun(&["check", "--json"])
+        .arg(&archive)
+        .env("TMPDIR", &unpack_dir)
+        .run();
+    output.assert_exit(0);
+    let argv = &output.stdout_json()["subprocess_command"];
+    assert_eq!(argv[1], "./agent.py", "subprocess_command: {argv}");
+    assert_empty_dir(&unpack_dir);
+}
+
 /// `check` accepts the examples and prints what it found.
 #[test]
 fn check_examples_valid() {

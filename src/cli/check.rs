@@ -1,5 +1,7 @@
 //! `agentrun check`: validate a package without running it, and list every problem.
 
+use std::path::Path;
+
 use agentrun_executor::{check_dockerfile, Executor, ExecutorError, Target};
 use agentrun_subprocess::SubprocessExecutor;
 use serde::Serialize;
@@ -22,7 +24,8 @@ struct CheckReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     digest: Option<String>,
     fields: Vec<String>,
-    /// The subprocess backend's command line, when the package can run on it.
+    /// The subprocess backend's command line, when the package can run on it. Package files
+    /// are relative to the package folder.
     #[serde(skip_serializing_if = "Option::is_none")]
     subprocess_command: Option<Vec<String>>,
     problems: Vec<String>,
@@ -117,14 +120,30 @@ async fn inspect(args: &CheckArgs) -> CheckReport {
     report
 }
 
+/// Returns the command line that the subprocess backend would start, with the paths of package
+/// files relative to the package folder (`./agent.py`). A zip is unpacked into a temporary
+/// folder that is gone once `check` ends, so absolute paths would name nothing.
 async fn subprocess_command(integration: &Integration) -> Result<Vec<String>, Error> {
     // Preparing on the subprocess backend only reads files and starts nothing.
     let prepared = SubprocessExecutor::default()
         .prepare(&integration.package_spec())
         .await?;
     match prepared.target {
-        Target::Command { argv, .. } => Ok(argv),
+        Target::Command { argv, working_dir } => Ok(argv
+            .iter()
+            .map(|argument| relative_to_package(argument, &working_dir))
+            .collect()),
         Target::Image { reference } => Ok(vec![reference]),
+    }
+}
+
+/// Rewrites a path inside the package folder `root` as `./path`, and leaves anything else as
+/// it is.
+fn relative_to_package(argument: &str, root: &Path) -> String {
+    match Path::new(argument).strip_prefix(root) {
+        Ok(relative) if relative.as_os_str().is_empty() => ".".to_owned(),
+        Ok(relative) => format!("./{}", relative.display()),
+        Err(_) => argument.to_owned(),
     }
 }
 
@@ -160,5 +179,29 @@ fn print_text(args: &CheckArgs, report: &CheckReport) {
     }
     if let Some(argv) = &report.subprocess_command {
         outln!("  command:  {}", shell_words::join(argv));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_to_package_rewrites_only_package_paths() {
+        let root = Path::new("/tmp/.agentrun-package-x");
+        assert_eq!(
+            relative_to_package("/tmp/.agentrun-package-x/app/agent.py", root),
+            "./app/agent.py"
+        );
+        assert_eq!(relative_to_package("/tmp/.agentrun-package-x", root), ".");
+        assert_eq!(
+            relative_to_package("/usr/bin/python3", root),
+            "/usr/bin/python3"
+        );
+        assert_eq!(
+            relative_to_package("/tmp/.agentrun-package-xy/agent.py", root),
+            "/tmp/.agentrun-package-xy/agent.py"
+        );
+        assert_eq!(relative_to_package("--verbose", root), "--verbose");
     }
 }
