@@ -109,6 +109,9 @@ fn status_for_kill(end: JobEnd) -> JobStatus {
 fn reply_failure(exit: ExitStatus, error: &ReplyError) -> String {
     match error {
         ReplyError::NoReply { .. } => format!("agent {} without a reply: {error}", exited(exit)),
+        ReplyError::Truncated { .. } => {
+            format!("agent {} without a complete reply: {error}", exited(exit))
+        }
         _ => format!("agent {} with an invalid reply: {error}", exited(exit)),
     }
 }
