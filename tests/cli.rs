@@ -223,6 +223,50 @@ fn check_zip_shows_relative_command() {
     assert_empty_dir(&unpack_dir);
 }
 
+/// An agent that replies twice and then exits with a failure gets its last reply used, and
+/// both problems reported as warnings: on stderr, and in the `--json` result.
+#[test]
+fn run_warns_about_agent_misbehaviour() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("twice");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM agentrun-busybox:latest\nCOPY agent.sh /agent.sh\nENTRYPOINT [\"/bin/sh\", \"/agent.sh\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    fs::write(
+        package.join("agent.sh"),
+        "cat >/dev/null\n\
+         echo '{\"type\":\"info\",\"payload\":{\"message\":\"first\"}}'\n\
+         echo '{\"type\":\"info\",\"payload\":{\"message\":\"second\"}}'\n\
+         exit 3\n",
+    )
+    .expect("writing the agent");
+    let two_replies = "warning: the agent wrote 2 \"info\" replies and only the last one was used";
+    let exit_failure = "warning: the agent exited with exit code 3 after a valid reply";
+
+    let output = agentrun(&["run"]).arg(&package).run();
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "second\n");
+    assert_contains(&output.stderr, two_replies);
+    assert_contains(&output.stderr, exit_failure);
+    assert_eq!(
+        output.stderr.matches("the agent wrote 2").count(),
+        1,
+        "the warning is printed once:\n{}",
+        output.stderr
+    );
+
+    let output = agentrun(&["run", "--json"]).arg(&package).run();
+    output.assert_exit(0);
+    let result = output.stdout_json();
+    let warnings = result["warnings"].as_array().expect("warnings is a list");
+    assert_eq!(warnings.len(), 2, "warnings: {warnings:?}");
+    assert_eq!(result["exit_code"], 3);
+    assert_eq!(result["status"], "succeeded");
+}
+
 /// `check` accepts the examples and prints what it found.
 #[test]
 fn check_examples_valid() {

@@ -33,6 +33,9 @@ pub struct InfoReply {
     pub timestamp: Option<i64>,
     /// 0 for success; any other value means the agent failed.
     pub return_code: i64,
+    /// Number of other `info` objects on stdout, which were not used: more than 0 means that the
+    /// agent replied more than once.
+    pub ignored_replies: usize,
     /// The whole reply after normalisation: `return_code` (default 0) and `action` (default
     /// `popup-message`) are always present, the payload is an object, and numeric strings in
     /// `job_id`, `return_code` and `timestamp` are integers.
@@ -131,7 +134,11 @@ pub enum ReplyError {
 /// the reply names another job, [`ReplyError::UnknownAction`], [`ReplyError::MissingMessage`], and
 /// [`ReplyError::Malformed`] for a field of the wrong type.
 pub fn parse_info_reply(stdout: &[u8], expected_job_id: u64) -> Result<InfoReply, ReplyError> {
-    let (mut object, job_id) = select_reply(stdout, "info", expected_job_id)?;
+    let Selected {
+        mut object,
+        job_id,
+        ignored: ignored_replies,
+    } = select_reply(stdout, "info", expected_job_id)?;
 
     let action = normalise_action(&mut object)?;
     let (message, url, url_label) = normalise_payload(&mut object)?;
@@ -165,6 +172,7 @@ pub fn parse_info_reply(stdout: &[u8], expected_job_id: u64) -> Result<InfoReply
         url_label,
         timestamp,
         return_code,
+        ignored_replies,
         raw: Value::Object(object),
     })
 }
@@ -179,11 +187,21 @@ pub fn parse_info_reply(stdout: &[u8], expected_job_id: u64) -> Result<InfoReply
 /// stdout also ends inside a JSON value, and
 /// [`ReplyError::JobIdMismatch`] or [`ReplyError::Malformed`] for a bad `job_id`.
 pub fn parse_heartbeat(stdout: &[u8], expected_job_id: u64) -> Result<Heartbeat, ReplyError> {
-    let (object, job_id) = select_reply(stdout, "heartbeat", expected_job_id)?;
+    let Selected { object, job_id, .. } = select_reply(stdout, "heartbeat", expected_job_id)?;
     Ok(Heartbeat {
         job_id,
         raw: Value::Object(object),
     })
+}
+
+/// The reply that [`select_reply`] chose.
+struct Selected {
+    /// The reply, with an integer `job_id`.
+    object: Map<String, Value>,
+    /// The job id the reply names.
+    job_id: Option<u64>,
+    /// Number of other objects of the same type, which were not chosen.
+    ignored: usize,
 }
 
 /// Chooses the reply of `expected_type` and checks its job id, which it turns into an integer.
@@ -191,7 +209,7 @@ fn select_reply(
     stdout: &[u8],
     expected_type: &'static str,
     expected_job_id: u64,
-) -> Result<(Map<String, Value>, Option<u64>), ReplyError> {
+) -> Result<Selected, ReplyError> {
     let Scan {
         objects,
         unterminated,
@@ -243,6 +261,7 @@ fn select_reply(
             });
         }
     };
+    let ignored = typed.len() - 1;
     let mut object = typed.swap_remove(index);
 
     let job_id = match object.get("job_id") {
@@ -261,7 +280,11 @@ fn select_reply(
     if let Some(id) = job_id {
         object.insert("job_id".to_owned(), Value::from(id));
     }
-    Ok((object, job_id))
+    Ok(Selected {
+        object,
+        job_id,
+        ignored,
+    })
 }
 
 /// Fills in the default action and checks that the action is known.
@@ -530,7 +553,16 @@ mod tests {
     fn reply_matching_job_id_wins() {
         let other = json!({"type": "info", "job_id": JOB + 1, "payload": {"message": "other"}});
         let stdout = format!("{}\n{other}\n", reply_line("mine"));
-        assert_eq!(info(&stdout).expect("matching reply").message, "mine");
+        let reply = info(&stdout).expect("matching reply");
+        assert_eq!(reply.message, "mine");
+        assert_eq!(reply.ignored_replies, 1);
+    }
+
+    /// Objects of other types are not replies, so they are not counted as ignored ones.
+    #[test]
+    fn reply_single_among_other_objects() {
+        let stdout = format!("{{\"type\":\"log\"}}\n{}\n{{\"x\":1}}\n", reply_line("one"));
+        assert_eq!(info(&stdout).expect("reply").ignored_replies, 0);
     }
 
     #[test]
@@ -540,6 +572,7 @@ mod tests {
         let reply = info(&format!("{first}\n{second}\n")).expect("last reply");
         assert_eq!(reply.message, "second");
         assert_eq!(reply.job_id, None);
+        assert_eq!(reply.ignored_replies, 1);
     }
 
     #[test]
