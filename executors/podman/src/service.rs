@@ -87,10 +87,16 @@ impl ServiceCommand {
         line
     }
 
-    /// Builds the process to spawn, with stdin closed and stdout and stderr still to be set.
-    fn command(&self, socket: &Path) -> Command {
+    /// Builds the process to spawn in the private directory `dir`, with stdin closed and stdout
+    /// and stderr still to be set.
+    fn command(&self, dir: &Path, socket: &Path) -> Command {
         let mut command = Command::new(&self.binary);
-        command.args(self.args(socket)).stdin(Stdio::null());
+        // conmon, which the service starts for each container, writes files such as `oom` (after
+        // an out-of-memory kill) into its working directory, which it inherits from here.
+        command
+            .args(self.args(socket))
+            .current_dir(dir)
+            .stdin(Stdio::null());
         // With either variable set, `podman` runs as a remote client of the service it names
         // and rejects `system service` with its socket argument. The private service must be
         // a local one, whatever the engine's environment points at.
@@ -164,7 +170,7 @@ impl ServiceProcess {
         let log_path = dir.path().join("service.log");
         let log = File::create(&log_path)?;
 
-        let mut child_command = command.command(&socket);
+        let mut child_command = command.command(dir.path(), &socket);
         child_command.stdout(log.try_clone()?).stderr(log);
 
         let engine_pid = nix::unistd::getpid();
@@ -497,13 +503,26 @@ mod tests {
             runtime: None,
             idle_secs: 5,
         };
-        let process = command.command(Path::new("/s"));
+        let process = command.command(Path::new("/d"), Path::new("/d/s"));
         let removed: Vec<_> = process
             .get_envs()
             .filter(|(_, value)| value.is_none())
             .map(|(name, _)| name.to_string_lossy().into_owned())
             .collect();
         assert_eq!(removed, ["CONTAINER_CONNECTION", "CONTAINER_HOST"]);
+    }
+
+    /// The service and the conmon processes it starts run in the private directory, not in the
+    /// engine's working directory.
+    #[test]
+    fn command_runs_in_private_dir() {
+        let command = ServiceCommand {
+            binary: PathBuf::from("podman"),
+            runtime: None,
+            idle_secs: 5,
+        };
+        let process = command.command(Path::new("/d"), Path::new("/d/s"));
+        assert_eq!(process.get_current_dir(), Some(Path::new("/d")));
     }
 
     #[test]
