@@ -21,6 +21,10 @@ pub enum WarningKind {
     MissingKeyword,
     /// An env variable given for the job is not declared in the manifest's `[env]`.
     UndeclaredEnv,
+    /// The agent wrote more than one reply; one of them was used.
+    RepeatedReply,
+    /// The agent exited with a failure after a valid reply, which was used.
+    ExitAfterReply,
 }
 
 /// One warning. Every key is serialised, `null` where it does not apply to the kind.
@@ -71,6 +75,18 @@ impl Warning {
                 "env variable {variable} is not declared in the manifest's [env], so the agent \
                  may ignore it; {hint}"
             ),
+        }
+    }
+
+    /// Builds a warning about the agent's behaviour around the reply that was used
+    /// ([`WarningKind::RepeatedReply`] or [`WarningKind::ExitAfterReply`]).
+    pub fn agent(kind: WarningKind, message: String) -> Self {
+        Self {
+            kind,
+            field: None,
+            keyword: None,
+            variable: None,
+            message,
         }
     }
 }

@@ -31,6 +31,68 @@ const TRICKY_MESSAGE: &str = "Report \"Q3\" by O'Brien:\n\tpath C:\\temp\\x\nGrÃ
 
 // ---- Subprocess: output and the examples -------------------------------------------------------
 
+/// Asserts that a run whose output stream was closed ended with `code` and without the panic
+/// that `println!` raises on a broken pipe.
+#[track_caller]
+fn assert_quiet_exit(output: &Output, code: i32, what: &str) {
+    assert_eq!(
+        output.code,
+        Some(code),
+        "{what}: unexpected exit status\nstdout:\n{}\nstderr:\n{}",
+        output.stdout,
+        output.stderr
+    );
+    assert!(
+        !output.stderr.contains("panicked") && !output.stderr.contains("Broken pipe"),
+        "{what}: stderr:\n{}",
+        output.stderr
+    );
+}
+
+/// Every command that prints results ends normally when its reader has closed stdout, as
+/// `agentrun check pkg | head -1` does.
+#[test]
+fn closed_stdout_exits_quietly() {
+    let echo = example("echo");
+    let cases: [(&[&str], i32); 10] = [
+        (&["check"], 0),
+        (&["check", "--json"], 0),
+        (&["run", "--set", "message=hi"], 0),
+        (&["run", "--json", "--set", "message=hi"], 0),
+        (&["describe"], 0),
+        (&["describe", "--json"], 0),
+        (&["build"], 0),
+        (&["build", "--json"], 0),
+        (&["--help"], 0),
+        (&["--version"], 0),
+    ];
+    for (args, code) in cases {
+        let mut command = agentrun(args).closed_stdout();
+        if !args[0].starts_with("--") {
+            command = command.arg(&echo);
+        }
+        let output = command.run();
+        assert_quiet_exit(&output, code, &args.join(" "));
+    }
+}
+
+/// Errors and warnings on a closed stderr do not turn an invalid package into a panic.
+#[test]
+fn closed_stderr_keeps_exit_status() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = bad_package(dir.path());
+
+    let output = agentrun(&["check"]).arg(&package).closed_stderr().run();
+    assert_eq!(output.code, Some(2), "stdout:\n{}", output.stdout);
+
+    let output = agentrun(&["run"])
+        .arg(example("echo"))
+        .closed_stderr()
+        .run();
+    assert_eq!(output.code, Some(0), "stdout:\n{}", output.stdout);
+    assert_eq!(output.stdout, "Hello from \n");
+}
+
 /// `run examples/echo` prints the popup message, with the context filled into the prefill.
 #[test]
 fn run_echo_prints_reply() {
@@ -205,6 +267,105 @@ fn describe_echo_healthy() {
 
     output.assert_exit(0);
     assert_contains(&output.stdout, "Echo is healthy: heartbeat in ");
+}
+
+/// `--network` cannot apply to a subprocess, so the CLI warns instead of ignoring it.
+#[test]
+fn network_with_subprocess_warns() {
+    let output = agentrun(&["describe", "--network", "none"])
+        .arg(example("echo"))
+        .run();
+
+    output.assert_exit(0);
+    assert_contains(
+        &output.stderr,
+        "warning: --network none has no effect on the subprocess executor",
+    );
+    assert_contains(&output.stderr, "-x docker or -x podman");
+    assert_contains(&output.stdout, "Echo is healthy");
+}
+
+/// `check` of a zip shows the command with package-relative paths, since the folder it was
+/// unpacked into is removed when `check` ends.
+#[test]
+fn check_zip_shows_relative_command() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let mut entries = Vec::new();
+    for name in ["Dockerfile", "agent.py", "integration.toml"] {
+        let content = fs::read(example("echo").join(name)).expect("reading the echo example");
+        entries.push(ZipEntry::File(format!("echo/{name}"), content));
+    }
+    let archive = write_zip(&dir.path().join("echo.zip"), &entries);
+    let unpack_dir = empty_dir(&dir.path().join("tmp"));
+
+    let output = agentrun(&["check"])
+        .arg(&archive)
+        .env("TMPDIR", &unpack_dir)
+        .run();
+    output.assert_exit(0);
+    let command_line = output
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("  command:"))
+        .unwrap_or_else(|| panic!("no command line in:\n{}", output.stdout));
+    assert!(
+        command_line.ends_with(" ./agent.py"),
+        "command line: {command_line}"
+    );
+    assert!(!command_line.contains("agentrun-package"), "{command_line}");
+
+    let output = agentrun(&["check", "--json"])
+        .arg(&archive)
+        .env("TMPDIR", &unpack_dir)
+        .run();
+    output.assert_exit(0);
+    let argv = &output.stdout_json()["subprocess_command"];
+    assert_eq!(argv[1], "./agent.py", "subprocess_command: {argv}");
+    assert_empty_dir(&unpack_dir);
+}
+
+/// An agent that replies twice and then exits with a failure gets its last reply used, and
+/// both problems reported as warnings: on stderr, and in the `--json` result.
+#[test]
+fn run_warns_about_agent_misbehaviour() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("twice");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM agentrun-busybox:latest\nCOPY agent.sh /agent.sh\nENTRYPOINT [\"/bin/sh\", \"/agent.sh\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    fs::write(
+        package.join("agent.sh"),
+        "cat >/dev/null\n\
+         echo '{\"type\":\"info\",\"payload\":{\"message\":\"first\"}}'\n\
+         echo '{\"type\":\"info\",\"payload\":{\"message\":\"second\"}}'\n\
+         exit 3\n",
+    )
+    .expect("writing the agent");
+    let two_replies = "warning: the agent wrote 2 \"info\" replies and only the last one was used";
+    let exit_failure = "warning: the agent exited with exit code 3 after a valid reply";
+
+    let output = agentrun(&["run"]).arg(&package).run();
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "second\n");
+    assert_contains(&output.stderr, two_replies);
+    assert_contains(&output.stderr, exit_failure);
+    assert_eq!(
+        output.stderr.matches("the agent wrote 2").count(),
+        1,
+        "the warning is printed once:\n{}",
+        output.stderr
+    );
+
+    let output = agentrun(&["run", "--json"]).arg(&package).run();
+    output.assert_exit(0);
+    let result = output.stdout_json();
+    let warnings = result["warnings"].as_array().expect("warnings is a list");
+    assert_eq!(warnings.len(), 2, "warnings: {warnings:?}");
+    assert_eq!(result["exit_code"], 3);
+    assert_eq!(result["status"], "succeeded");
 }
 
 /// `check` accepts the examples and prints what it found.
@@ -477,9 +638,101 @@ fn check_lists_every_problem() {
             BAD_MANIFEST_PROBLEMS.len() + 1
         ),
     );
-    assert_contains(&output.stderr, "Dockerfile has no ENTRYPOINT");
+    assert_contains(
+        &output.stderr,
+        "final stage (FROM python:3.11-slim on line 1) has no ENTRYPOINT or CMD that starts the \
+         agent",
+    );
     for problem in BAD_MANIFEST_PROBLEMS {
         assert_contains(&output.stderr, problem);
+    }
+    // The package is invalid on every backend, so no warning may claim that containers run it.
+    assert!(
+        !output.stderr.contains("Docker and Podman can"),
+        "{}",
+        output.stderr
+    );
+}
+
+/// Writes the echo example with `dockerfile` in place of its own, and returns the folder.
+fn echo_with_dockerfile(dir: &Path, dockerfile: &str) -> PathBuf {
+    let package = dir.join("echo");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    for name in ["agent.py", "integration.toml"] {
+        fs::copy(example("echo").join(name), package.join(name)).expect("copying the example");
+    }
+    fs::write(package.join("Dockerfile"), dockerfile).expect("writing the Dockerfile");
+    package
+}
+
+/// A Dockerfile with no ENTRYPOINT or CMD is invalid for `check`, `build` and `run` alike.
+#[test]
+fn dockerfile_without_agent_exits_2_everywhere() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\n",
+    );
+    let expected = "has no ENTRYPOINT or CMD that starts the agent";
+
+    let output = agentrun(&["check"]).arg(&package).run();
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "has 1 problem:");
+    assert_contains(&output.stderr, expected);
+    assert!(!output.stderr.contains("warning:"), "{}", output.stderr);
+
+    for command in ["build", "run"] {
+        let output = agentrun(&[command]).arg(&package).run();
+        output.assert_exit(2);
+        assert_contains(&output.stderr, expected);
+    }
+}
+
+/// A `CMD` names the agent as well as an `ENTRYPOINT` does, so `check` and `run` accept it.
+#[test]
+fn dockerfile_with_cmd_only_is_valid() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\nCMD [\"python3\", \"/app/agent.py\"]\n",
+    );
+
+    let output = agentrun(&["check"]).arg(&package).run();
+    output.assert_exit(0);
+    assert_contains(&output.stdout, "is valid");
+    assert_eq!(output.stderr, "");
+
+    let output = agentrun(&["run", "--set", "message=from CMD"])
+        .arg(&package)
+        .run();
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "from CMD\n");
+}
+
+/// An exec form with a missing comma is an error naming the fix, not a valid package with a
+/// warning that suggests a wrong one.
+#[test]
+fn dockerfile_missing_comma_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\nENTRYPOINT [\"python3\" \"/app/agent.py\"]\n",
+    );
+
+    for command in ["check", "run"] {
+        let output = agentrun(&[command]).arg(&package).run();
+
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            "ENTRYPOINT on line 3 is not a valid JSON array: expected `,` or `]` at character 12",
+        );
+        assert_contains(&output.stderr, "is a comma missing between two items?");
+        assert_contains(
+            &output.stderr,
+            "write it as `ENTRYPOINT [\"python3\", \"/app/agent.py\"]`",
+        );
+        assert!(!output.stderr.contains("[python3"), "{}", output.stderr);
     }
 }
 
@@ -581,6 +834,31 @@ fn hanging_agent_times_out_exits_3() {
         &output.stderr,
         "agent did not finish within 1 s and was killed",
     );
+}
+
+/// Docker and Podman reject a Dockerfile without ENTRYPOINT or CMD before they build it, as
+/// the subprocess executor does, instead of running the base image's own command.
+#[test]
+fn containers_reject_dockerfile_without_agent() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\n",
+    );
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "containers_reject_dockerfile_without_agent") {
+            continue;
+        }
+        let output = agentrun(&["run", "--network", "none", "--executor", kind.as_str()])
+            .arg(&package)
+            .run();
+
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            "has no ENTRYPOINT or CMD that starts the agent",
+        );
+    }
 }
 
 /// A Docker engine that cannot be reached: exit 4, naming the address tried.
@@ -1111,6 +1389,19 @@ impl Agentrun {
         self
     }
 
+    /// Connects stdout to a pipe whose reading end is already closed, as `| head -0` leaves it:
+    /// every write to stdout fails with a broken pipe.
+    fn closed_stdout(mut self) -> Self {
+        self.0.stdout(closed_pipe());
+        self
+    }
+
+    /// Connects stderr to a pipe whose reading end is already closed.
+    fn closed_stderr(mut self) -> Self {
+        self.0.stderr(closed_pipe());
+        self
+    }
+
     /// Runs the binary to its end, killing it and failing the test after [`CLI_TIMEOUT`].
     fn run(mut self) -> Output {
         let mut child = self
@@ -1135,6 +1426,13 @@ impl Agentrun {
             stderr,
         }
     }
+}
+
+/// Returns the writing end of a pipe whose reading end is closed.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Stdio::from(writer)
 }
 
 /// Reads a pipe to its end on a thread of its own, so that neither pipe can fill up and block

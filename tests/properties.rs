@@ -351,6 +351,7 @@ impl InfoSpec {
             url_label: self.url_label.clone(),
             timestamp: self.timestamp.map(|(timestamp, _)| timestamp),
             return_code,
+            ignored_replies: 0,
             raw: Value::Object(raw),
         }
     }

@@ -200,6 +200,12 @@ pub async fn execute(cli: Cli) -> Exit {
 
 /// Connects the chosen backend and wraps it in a dispatcher with the command line's settings.
 async fn connect_dispatcher(target: &TargetArgs) -> Result<Dispatcher, Error> {
+    if let (ExecutorKind::Subprocess, Some(network)) = (target.executor, &target.network) {
+        output::errln!(
+            "warning: --network {network} has no effect on the subprocess executor, whose \
+             agents use this machine's network: run with -x docker or -x podman to set it"
+        );
+    }
     let executor = backends::connect(target.executor, &BackendsConfig::default()).await?;
     let mut defaults = DispatchDefaults::default();
     defaults.limits.network.clone_from(&target.network);

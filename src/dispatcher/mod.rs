@@ -13,11 +13,12 @@
 //!
 //! The dispatcher is shared between concurrent jobs; it keeps no per-job state.
 
+mod log_limit;
 mod outcome;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentrun_executor::{
     CancellationToken, Executor, JobOutcome, JobSpec, Limits, MessageKind, PackageSpec, Prepared,
@@ -33,11 +34,20 @@ use crate::manifest::{is_env_name, Manifest};
 use crate::protocol::{agent_id_for, JobIdGenerator, Request};
 use crate::warning::Warning;
 
+use log_limit::LogLimiter;
+
 #[cfg(doc)]
 use crate::protocol::parse_info_reply;
 
 /// Default number of stderr lines quoted in a job's error text.
 pub const DEFAULT_STDERR_TAIL_LINES: usize = 10;
+
+/// Warnings about agents (such as a second reply) logged per [`AGENT_WARNING_WINDOW`]; the rest
+/// are counted and the count logged with the next one.
+const AGENT_WARNING_BURST: u32 = 10;
+
+/// Window of [`AGENT_WARNING_BURST`].
+const AGENT_WARNING_WINDOW: Duration = Duration::from_secs(60);
 
 /// An integration as the dispatcher runs it: a validated manifest and an unpacked package.
 #[derive(Clone, Debug, PartialEq)]
@@ -194,8 +204,10 @@ pub struct WorkResult {
     pub duration_ms: u64,
     /// The normalised reply, when it replied.
     pub reply: Option<serde_json::Value>,
-    /// Keywords that had no value in the context, then env variables given for the job that the
-    /// manifest's `[env]` does not declare (only when it declares some).
+    /// Problems that did not stop the job: keywords that had no value in the context, env
+    /// variables given for the job that the manifest's `[env]` does not declare (only when it
+    /// declares some), an agent that replied more than once, or one that exited with a failure
+    /// after a valid reply.
     pub warnings: Vec<Warning>,
     /// Why there is no valid reply: what was expected, the exit status and the last stderr
     /// lines. `None` for `succeeded` and `failed`.
@@ -232,6 +244,8 @@ pub struct Dispatcher {
     job_ids: Arc<JobIdGenerator>,
     defaults: DispatchDefaults,
     reachable: tokio::sync::OnceCell<()>,
+    /// Rate limit of the warnings that agents trigger, which are logged besides the result.
+    agent_warnings: LogLimiter,
 }
 
 impl Dispatcher {
@@ -247,6 +261,7 @@ impl Dispatcher {
             job_ids: Arc::new(JobIdGenerator::new()),
             defaults,
             reachable: tokio::sync::OnceCell::new(),
+            agent_warnings: LogLimiter::new(AGENT_WARNING_BURST, AGENT_WARNING_WINDOW),
         }
     }
 
@@ -328,6 +343,12 @@ impl Dispatcher {
                 self.defaults.max_stdout_bytes,
                 self.defaults.stderr_tail_lines,
             );
+            if report.healthy && !outcome.exit.success() {
+                self.log_agent_warning(&format!(
+                    "the agent exited with {} after a valid heartbeat",
+                    outcome.exit
+                ));
+            }
             tracing::info!(
                 healthy = report.healthy,
                 status = report.status.as_str(),
@@ -381,6 +402,10 @@ impl Dispatcher {
                 self.defaults.max_stdout_bytes,
                 self.defaults.stderr_tail_lines,
             );
+            for warning in &result.warnings {
+                self.log_agent_warning(&warning.message);
+            }
+            warnings.append(&mut result.warnings);
             result.warnings = warnings;
 
             tracing::info!(
@@ -413,6 +438,16 @@ impl Dispatcher {
             self.defaults.max_stdout_bytes,
             self.defaults.stderr_tail_lines,
         )
+    }
+
+    /// Logs a warning that an agent triggered, unless too many came recently.
+    ///
+    /// The level is info, not warn: the engine lost nothing, the job's result carries the
+    /// warning, and the CLI, which logs only warnings by default, prints it from there.
+    fn log_agent_warning(&self, warning: &str) {
+        if let Some(suppressed_before) = self.agent_warnings.admit(Instant::now()) {
+            tracing::info!(suppressed_before, warning, "agent warning");
+        }
     }
 
     fn timeout_for(
