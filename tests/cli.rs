@@ -736,6 +736,77 @@ fn dockerfile_missing_comma_exits_2() {
     }
 }
 
+/// Forty `ENV` lines that each double a value would request half a terabyte. `check` and `run`
+/// stop at the value cap with an invalid package, well inside a 1 GiB address space.
+#[test]
+fn dockerfile_doubling_env_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let mut dockerfile = String::from("FROM python:3.11-slim\nENV A0=x\n");
+    for n in 1..40 {
+        dockerfile.push_str(&format!("ENV A{n}=${{A{}}}${{A{}}}\n", n - 1, n - 1));
+    }
+    dockerfile.push_str("ENTRYPOINT [\"python3\", \"/app/agent.py\"]\n");
+    let package = echo_with_dockerfile(dir.path(), &dockerfile);
+
+    for command in ["check", "run"] {
+        let output = agentrun(&[command])
+            .arg(&package)
+            .address_space_limit(1 << 30)
+            .run();
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            "line 19: substituting $A16 makes a value longer than 65536 bytes",
+        );
+    }
+}
+
+/// A NUL character in an exec-form item is a package fault (exit 2) found by `check`, not a
+/// start failure of the executor.
+#[test]
+fn dockerfile_nul_in_entrypoint_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\nENTRYPOINT [\"python3\", \"/app/agent.py\\u0000\"]\n",
+    );
+    for command in ["check", "run"] {
+        let output = agentrun(&[command]).arg(&package).run();
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            "ENTRYPOINT on line 3 has a NUL character in `/app/agent.py\\0`",
+        );
+    }
+}
+
+/// A Latin-1 byte in a comment is read as image builders read it, and a UTF-16 file is
+/// rejected with exit 2.
+#[test]
+fn dockerfile_encodings() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(dir.path(), "");
+    fs::write(
+        package.join("Dockerfile"),
+        b"FROM python:3.11-slim\n# caf\xe9\nCOPY agent.py /app/agent.py\nENTRYPOINT [\"python3\", \"/app/agent.py\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    let output = agentrun(&["run", "--set", "message=latin-1"])
+        .arg(&package)
+        .run();
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "latin-1\n");
+
+    let mut utf16 = vec![0xff, 0xfe];
+    for unit in "FROM python:3.11-slim\nENTRYPOINT [\"python3\"]\n".encode_utf16() {
+        utf16.extend_from_slice(&unit.to_le_bytes());
+    }
+    fs::write(package.join("Dockerfile"), utf16).expect("writing the Dockerfile");
+    let output = agentrun(&["check"]).arg(&package).run();
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "the Dockerfile is encoded as UTF-16");
+}
+
 /// A select value that is not one of the options is rejected, naming the options.
 #[test]
 fn select_value_not_in_options_exits_2() {
@@ -1386,6 +1457,28 @@ impl Agentrun {
 
     fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
         self.0.env(name, value);
+        self
+    }
+
+    /// Limits the address space of the binary to `bytes`, so that a runaway allocation fails
+    /// inside the process instead of taking the machine's memory.
+    fn address_space_limit(mut self, bytes: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // setrlimit, which is async-signal-safe, on a value copied into the closure.
+        unsafe {
+            self.0.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         self
     }
 
