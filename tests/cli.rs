@@ -932,6 +932,44 @@ fn containers_reject_dockerfile_without_agent() {
     }
 }
 
+/// An ENTRYPOINT program that the image does not contain is a package fault on Docker and
+/// Podman (exit 2, naming the program), as it is on the subprocess backend.
+#[test]
+fn containers_missing_program_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let cases = [
+        (
+            "[\"/nonexistent\", \"x\"]",
+            "the agent program `/nonexistent` is not in the image",
+        ),
+        (
+            "[\"nosuchprog\"]",
+            "the agent program `nosuchprog` is not on the image's PATH",
+        ),
+    ];
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "containers_missing_program_exits_2") {
+            continue;
+        }
+        for (entrypoint, expected) in cases {
+            let package = dir.path().join("missing");
+            fs::create_dir_all(&package).expect("creating the package folder");
+            fs::write(
+                package.join("Dockerfile"),
+                format!("FROM agentrun-busybox:latest\nENTRYPOINT {entrypoint}\n"),
+            )
+            .expect("writing the Dockerfile");
+
+            let output = agentrun(&["run", "--network", "none", "--executor", kind.as_str()])
+                .arg(&package)
+                .run();
+
+            output.assert_exit(2);
+            assert_contains(&output.stderr, expected);
+        }
+    }
+}
+
 /// A Docker engine that cannot be reached: exit 4, naming the address tried.
 #[test]
 fn unreachable_docker_exits_4() {

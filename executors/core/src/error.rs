@@ -33,7 +33,8 @@ pub enum ExecutorError {
     /// `ENTRYPOINT` that the subprocess backend can map to a command.
     #[error("invalid package {}: {reason}", path.display())]
     InvalidPackage {
-        /// Package folder.
+        /// Package folder, or the image built from it when the fault shows only when a
+        /// container backend starts the agent.
         path: std::path::PathBuf,
         /// What is wrong and what to do.
         reason: String,
@@ -88,5 +89,129 @@ impl ExecutorError {
     /// failure of one operation.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable { .. } | Self::NotCompiled { .. })
+    }
+    /// Turns a [`ExecutorError::Runtime`] error in which the OCI runtime reports that it cannot
+    /// execute the container's program into [`ExecutorError::InvalidPackage`] for `image`,
+    /// naming the program. Returns every other error unchanged.
+    ///
+    /// runc writes such a fault as `exec: "PROGRAM": CAUSE`, where the cause is `stat …: no
+    /// such file or directory`, `executable file not found in $PATH` or `permission denied`.
+    /// Docker reports it when the container starts and Podman when it is attached.
+    pub fn into_agent_start_fault(self, image: &str) -> Self {
+        let Self::Runtime { message, .. } = &self else {
+            return self;
+        };
+        match agent_start_fault(message) {
+            Some(reason) => Self::InvalidPackage {
+                path: std::path::PathBuf::from(image),
+                reason,
+            },
+            None => self,
+        }
+    }
+}
+
+/// Reads runc's `exec: "PROGRAM": CAUSE` from a runtime message and returns the reason to
+/// report, or `None` when the message is about something else.
+fn agent_start_fault(message: &str) -> Option<String> {
+    const MARKER: &str = "exec: \"";
+    let start = message.find(MARKER)? + MARKER.len();
+    let (program, rest) = message[start..].split_once('"')?;
+    let cause = rest.strip_prefix(": ")?;
+
+    if cause.starts_with("stat ") && cause.contains("no such file or directory") {
+        Some(format!(
+            "the agent program `{program}` is not in the image: fix the path in the \
+             ENTRYPOINT or CMD, or add the program to the image"
+        ))
+    } else if cause.starts_with("executable file not found in $PATH") {
+        Some(format!(
+            "the agent program `{program}` is not on the image's PATH: write its absolute \
+             path in the ENTRYPOINT or CMD, or install it in the image"
+        ))
+    } else if cause.starts_with("permission denied") {
+        Some(format!(
+            "the agent program `{program}` is not executable in the image: set its mode with \
+             `chmod +x` before packaging, or start it through an interpreter such as `sh`"
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(message: &str) -> ExecutorError {
+        ExecutorError::Runtime {
+            executor: "docker",
+            operation: "start container",
+            message: message.to_owned(),
+        }
+    }
+
+    fn reason(error: ExecutorError) -> String {
+        match error {
+            ExecutorError::InvalidPackage { path, reason } => {
+                assert_eq!(path, std::path::PathBuf::from("agentrun/x:1"));
+                reason
+            }
+            other => panic!("expected an invalid package, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn start_fault_missing_program() {
+        let error = runtime(
+            "failed to create shim task: OCI runtime create failed: runc create failed: unable \
+             to start container process: exec: \"/nonexistent\": stat /nonexistent: no such \
+             file or directory: unknown (HTTP 400)",
+        );
+        assert_eq!(
+            reason(error.into_agent_start_fault("agentrun/x:1")),
+            "the agent program `/nonexistent` is not in the image: fix the path in the \
+             ENTRYPOINT or CMD, or add the program to the image"
+        );
+    }
+
+    #[test]
+    fn start_fault_program_not_on_path() {
+        let error = runtime(
+            "preparing container 3800 for attach: runc: runc create failed: unable to start \
+             container process: exec: \"nosuchprog\": executable file not found in $PATH: OCI \
+             runtime attempted to invoke a command that was not found (HTTP 409)",
+        );
+        assert!(reason(error.into_agent_start_fault("agentrun/x:1"))
+            .starts_with("the agent program `nosuchprog` is not on the image's PATH"));
+    }
+
+    #[test]
+    fn start_fault_not_executable() {
+        let error = runtime(
+            "runc create failed: unable to start container process: exec: \"/a\": permission \
+             denied: unknown (HTTP 400)",
+        );
+        assert!(reason(error.into_agent_start_fault("agentrun/x:1"))
+            .starts_with("the agent program `/a` is not executable in the image"));
+    }
+
+    #[test]
+    fn start_fault_keeps_other_errors() {
+        let error = runtime("exec: \"/a\": operation not permitted (HTTP 500)");
+        assert!(matches!(
+            error.into_agent_start_fault("agentrun/x:1"),
+            ExecutorError::Runtime { .. }
+        ));
+
+        let error = ExecutorError::Unavailable {
+            executor: "docker",
+            address: "unix:///x".to_owned(),
+            reason: "exec: \"/a\": permission denied".to_owned(),
+        };
+        assert!(matches!(
+            error.into_agent_start_fault("agentrun/x:1"),
+            ExecutorError::Unavailable { .. }
+        ));
     }
 }

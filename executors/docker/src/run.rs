@@ -47,7 +47,14 @@ pub(crate) async fn run(
         executor = EXECUTOR,
         container_id = tracing::field::Empty,
     );
-    run_in_span(executor, prepared, job).instrument(span).await
+    let image = match &prepared.target {
+        Target::Image { reference } => reference.as_str(),
+        _ => "",
+    };
+    run_in_span(executor, prepared, job)
+        .instrument(span)
+        .await
+        .map_err(|error| error.into_agent_start_fault(image))
 }
 
 async fn run_in_span(

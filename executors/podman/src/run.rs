@@ -103,7 +103,7 @@ pub(crate) async fn run(
         if let Some(pool) = &executor.pool {
             pool.replenish(&connection, &prepared.integration, &spec);
         }
-        let ran = ran?;
+        let ran = ran.map_err(|error| error.into_agent_start_fault(reference))?;
 
         let outcome = finish(ran, capture, started_at, started);
         info!(
