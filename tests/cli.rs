@@ -970,6 +970,143 @@ fn containers_missing_program_exits_2() {
     }
 }
 
+/// A command labels its containers with the instance `agentrun-cli`, or the one `--instance`
+/// or `AGENTRUN_CLI_INSTANCE` names, never with the service's default `agentrun`, so that a
+/// service starting on the same runtime does not sweep a running command's container.
+#[test]
+fn containers_carry_cli_instance() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    // The folder name is the integration name, which the container's labels carry.
+    let package = dir.path().join("cli-instance");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM agentrun-busybox:latest\nENTRYPOINT [\"/bin/sh\", \"-c\", \"read line; sleep 300\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    let custom = format!("cli-test-{}", std::process::id());
+
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "containers_carry_cli_instance") {
+            continue;
+        }
+        let cases = [
+            (None, None, "agentrun-cli"),
+            (Some(custom.as_str()), None, custom.as_str()),
+            (None, Some(custom.as_str()), custom.as_str()),
+        ];
+        for (option, variable, instance) in cases {
+            let mut command = agentrun(&["run", "--network", "none", "--timeout", "600"])
+                .args(["--executor", kind.as_str()])
+                .arg(&package);
+            if let Some(name) = option {
+                command = command.args(["--instance", name]);
+            }
+            if let Some(name) = variable {
+                command = command.env("AGENTRUN_CLI_INSTANCE", name);
+            }
+            let mut child = command.spawn();
+
+            let found = wait_for_containers(kind, instance, "cli-instance", &mut child);
+            assert_eq!(found.len(), 1, "{kind}, instance {instance}: {found:?}");
+            assert!(
+                containers_labelled(kind, "agentrun", "cli-instance").is_empty(),
+                "{kind}: a container carries the service's instance"
+            );
+
+            // SAFETY: kill has no memory effects, and the pid is that of a child not yet waited
+            // for, so it cannot name another process.
+            let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            assert_eq!(result, 0, "sending SIGTERM to agentrun failed");
+            let status = wait_with_deadline(&mut child, CLI_TIMEOUT);
+            assert!(
+                status.is_some(),
+                "{kind}: agentrun did not exit after SIGTERM"
+            );
+            assert_eq!(
+                containers_labelled(kind, instance, "cli-instance"),
+                Vec::<String>::new(),
+                "{kind}: the interrupted run left its container"
+            );
+        }
+    }
+}
+
+/// An empty instance name is rejected before anything runs.
+#[test]
+fn empty_instance_exits_2() {
+    let output = agentrun(&["run", "--instance", " "])
+        .arg(example("echo"))
+        .run();
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "the instance name is empty");
+}
+
+/// `AGENTRUN_CLI_INSTANCE` belongs to the command line, so a service started in the same
+/// environment does not read it as an unknown configuration key.
+#[test]
+fn cli_instance_variable_is_not_config() {
+    let output = agentrun(&["serve", "--check-config"])
+        .env("AGENTRUN_CLI_INSTANCE", "cli-elsewhere")
+        .run();
+    output.assert_exit(0);
+    assert_contains(&output.stderr, "the configuration is valid");
+}
+
+/// Polls until a container with the engine label `instance` and the integration label
+/// `integration` exists and returns their ids. Fails the test when `child` exits first or after
+/// [`CLI_TIMEOUT`].
+fn wait_for_containers(
+    kind: ExecutorKind,
+    instance: &str,
+    integration: &str,
+    child: &mut Child,
+) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let found = containers_labelled(kind, instance, integration);
+        if !found.is_empty() {
+            return found;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{kind}: agentrun exited ({status}) before its container was listed");
+        }
+        if started.elapsed() > CLI_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{kind}: no container of instance {instance} after {CLI_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Lists the ids of containers (running or not) with the engine label `instance` and the
+/// integration label `integration`, through the runtime's CLI.
+fn containers_labelled(kind: ExecutorKind, instance: &str, integration: &str) -> Vec<String> {
+    let output = Command::new(kind.as_str())
+        .args(["ps", "--all", "--quiet", "--filter"])
+        .arg(format!(
+            "label={}={instance}",
+            agentrun_executor::LABEL_ENGINE
+        ))
+        .arg("--filter")
+        .arg(format!(
+            "label={}={integration}",
+            agentrun_executor::LABEL_INTEGRATION
+        ))
+        .output()
+        .unwrap_or_else(|error| panic!("running `{kind} ps` failed: {error}"));
+    assert!(
+        output.status.success(),
+        "`{kind} ps` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A Docker engine that cannot be reached: exit 4, naming the address tried.
 #[test]
 fn unreachable_docker_exits_4() {
@@ -1531,6 +1668,15 @@ impl Agentrun {
     fn closed_stderr(mut self) -> Self {
         self.0.stderr(closed_pipe());
         self
+    }
+
+    /// Starts the binary and returns at once, with stdout and stderr discarded.
+    fn spawn(mut self) -> Child {
+        self.0
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting agentrun failed: {error}"))
     }
 
     /// Runs the binary to its end, killing it and failing the test after [`CLI_TIMEOUT`].

@@ -111,7 +111,20 @@ pub struct TargetArgs {
     /// Default: the runtime's default network.
     #[arg(long, value_name = "MODE")]
     pub network: Option<String>,
+
+    /// Engine instance name: the value of the io.agentrun.engine label on the containers and
+    /// images of this command (Docker and Podman only). A service removes leftover containers
+    /// of its own instance at start-up (its docker.instance or podman.instance, default
+    /// agentrun), so this must differ from every service's instance on the same runtime.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_CLI_INSTANCE,
+          env = "AGENTRUN_CLI_INSTANCE", value_parser = parse_instance)]
+    pub instance: String,
 }
+
+/// Default for [`TargetArgs::instance`]: different from the service's default instance
+/// (`agentrun`), so that a service starting on the same runtime does not remove the container
+/// of a running command.
+pub const DEFAULT_CLI_INSTANCE: &str = "agentrun-cli";
 
 /// Arguments of `agentrun run`.
 #[derive(Debug, Args)]
@@ -206,7 +219,8 @@ async fn connect_dispatcher(target: &TargetArgs) -> Result<Dispatcher, Error> {
              agents use this machine's network: run with -x docker or -x podman to set it"
         );
     }
-    let executor = backends::connect(target.executor, &BackendsConfig::default()).await?;
+    let config = BackendsConfig::with_instance(&target.instance);
+    let executor = backends::connect(target.executor, &config).await?;
     let mut defaults = DispatchDefaults::default();
     defaults.limits.network.clone_from(&target.network);
     Ok(Dispatcher::with_defaults(executor, defaults))
@@ -242,6 +256,13 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+fn parse_instance(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("the instance name is empty: pass a name such as agentrun-cli".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_executor(text: &str) -> Result<ExecutorKind, String> {
