@@ -66,22 +66,25 @@ pub enum ExecutorError {
     },
 
     /// An I/O operation of the engine itself failed.
-    #[error("{operation} failed")]
+    ///
+    /// The message includes the operating system's reason, and `source()` returns `None`, so
+    /// that callers that print only the message and callers that print the chain of sources
+    /// both show the reason once.
+    #[error("{operation} failed: {cause}")]
     Io {
         /// What the engine was doing, with the path or resource involved.
         operation: String,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
 impl ExecutorError {
     /// Builds an [`ExecutorError::Io`] from a description of the operation and its error.
-    pub fn io(operation: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(operation: impl Into<String>, cause: std::io::Error) -> Self {
         Self::Io {
             operation: operation.into(),
-            source,
+            cause,
         }
     }
 
@@ -159,6 +162,19 @@ mod tests {
             }
             other => panic!("expected an invalid package, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn io_error_names_cause_once() {
+        // 2 is ENOENT on Linux.
+        let cause = std::io::Error::from_raw_os_error(2);
+        let error = ExecutorError::io("create a HOME folder in /nonexistent/dir", cause);
+        assert_eq!(
+            error.to_string(),
+            "create a HOME folder in /nonexistent/dir failed: No such file or directory (os \
+             error 2)"
+        );
+        assert!(std::error::Error::source(&error).is_none());
     }
 
     #[test]

@@ -790,6 +790,32 @@ async fn run_rejects_unknown_user() {
     }
 }
 
+/// A HOME parent folder that does not exist fails the job with the operating system's reason
+/// in the message.
+#[tokio::test]
+async fn run_missing_home_parent_names_cause() {
+    let mut agent = Agent::script("exit 0").await;
+    let config = SubprocessConfig {
+        home_parent: Some(PathBuf::from("/nonexistent/agentrun-home-parent")),
+        ..SubprocessConfig::default()
+    };
+    agent.executor = SubprocessExecutor::new(config);
+
+    let error = agent
+        .try_run(work_job(28, None, "x"))
+        .await
+        .expect_err("no HOME folder can be created");
+    assert!(matches!(error, ExecutorError::Io { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "create a HOME folder in /nonexistent/agentrun-home-parent failed: No such file or \
+             directory (os error 2)"
+        ),
+        "{text}"
+    );
+}
+
 /// Resource limits reach the agent, as the kernel reports them in `/proc/self/limits`.
 #[tokio::test]
 async fn run_applies_resource_limits() {
