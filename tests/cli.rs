@@ -1032,6 +1032,39 @@ fn containers_carry_cli_instance() {
     }
 }
 
+/// An option value that is not UTF-8 is rejected with exit 2 and a message naming the option.
+#[test]
+fn non_utf8_option_names_it() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "--set",
+            b"message=\xff",
+            "the value \"message=\u{fffd}\" of --set <FIELD=VALUE>",
+        ),
+        (
+            "--context",
+            b"user-name=\xfe",
+            "of --context <KEY=VALUE> is not valid UTF-8",
+        ),
+        (
+            "--network",
+            b"\xff",
+            "of --network <MODE> is not valid UTF-8",
+        ),
+    ];
+    for (option, value, expected) in cases {
+        let output = agentrun(&["run", option])
+            .arg(OsString::from_vec(value.to_vec()))
+            .arg(example("echo"))
+            .run();
+        output.assert_exit(2);
+        assert_contains(&output.stderr, expected);
+    }
+}
+
 /// An empty instance name is rejected before anything runs.
 #[test]
 fn empty_instance_exits_2() {

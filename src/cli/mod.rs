@@ -15,6 +15,8 @@ mod serve;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{StringValueParser, TypedValueParser};
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use agentrun_executor::CancellationToken;
@@ -104,12 +106,12 @@ pub struct TargetArgs {
 
     /// Backend that runs the agent.
     #[arg(short = 'x', long, default_value = "subprocess", env = "AGENTRUN_EXECUTOR",
-          value_parser = parse_executor)]
+          value_parser = Utf8(parse_executor))]
     pub executor: ExecutorKind,
 
     /// Network mode of the agent's container, such as none or host (Docker and Podman only).
     /// Default: the runtime's default network.
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", value_parser = Utf8(StringValueParser::new()))]
     pub network: Option<String>,
 
     /// Engine instance name: the value of the io.agentrun.engine label on the containers and
@@ -117,7 +119,7 @@ pub struct TargetArgs {
     /// of its own instance at start-up (its docker.instance or podman.instance, default
     /// agentrun), so this must differ from every service's instance on the same runtime.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_CLI_INSTANCE,
-          env = "AGENTRUN_CLI_INSTANCE", value_parser = parse_instance)]
+          env = "AGENTRUN_CLI_INSTANCE", value_parser = Utf8(parse_instance))]
     pub instance: String,
 }
 
@@ -134,21 +136,22 @@ pub struct RunArgs {
     pub target: TargetArgs,
 
     /// Value of a form field, replacing its prefill. Repeat for each field.
-    #[arg(short, long = "set", value_name = "FIELD=VALUE", value_parser = parse_pair)]
+    #[arg(short, long = "set", value_name = "FIELD=VALUE", value_parser = Utf8(parse_pair))]
     pub set: Vec<(String, String)>,
 
     /// Value of a SIFT-* keyword for prefills: the keyword without SIFT-, in lowercase, such as
     /// user-name=alice@example.com or selected-node-id=n42. Repeat for each keyword.
-    #[arg(short, long = "context", value_name = "KEY=VALUE")]
+    #[arg(short, long = "context", value_name = "KEY=VALUE",
+          value_parser = Utf8(StringValueParser::new()))]
     pub context: Vec<String>,
 
     /// Environment variable for the agent, replacing the manifest's value. Repeat for each.
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = Utf8(parse_pair))]
     pub env: Vec<(String, String)>,
 
     /// Deadline for the job in seconds, 1 to 86400 (fractions allowed). Default: the manifest's
     /// [run] timeout_secs, else 60.
-    #[arg(short, long, value_name = "SECS", value_parser = parse_timeout)]
+    #[arg(short, long, value_name = "SECS", value_parser = Utf8(parse_timeout))]
     pub timeout: Option<Duration>,
 
     /// Print one JSON object with the job's result instead of the popup message.
@@ -164,11 +167,11 @@ pub struct DescribeArgs {
     pub target: TargetArgs,
 
     /// Environment variable for the agent, replacing the manifest's value. Repeat for each.
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = Utf8(parse_pair))]
     pub env: Vec<(String, String)>,
 
     /// Deadline for the health check in seconds, 1 to 86400. Default: the manifest's, else 60.
-    #[arg(short, long, value_name = "SECS", value_parser = parse_timeout)]
+    #[arg(short, long, value_name = "SECS", value_parser = Utf8(parse_timeout))]
     pub timeout: Option<Duration>,
 
     /// Print one JSON object with the health report.
@@ -255,6 +258,34 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Value parser that names the option and shows the value when the value is not UTF-8, which
+/// clap's own message ("invalid UTF-8 was detected in one or more arguments") does not, and
+/// otherwise hands the value to the parser it wraps.
+#[derive(Clone, Debug)]
+struct Utf8<P>(P);
+
+impl<P: TypedValueParser> TypedValueParser for Utf8<P> {
+    type Value = P::Value;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        if value.to_str().is_none() {
+            let name = arg.map_or_else(|| "an argument".to_owned(), ToString::to_string);
+            let message = format!(
+                "the value {:?} of {name} is not valid UTF-8 (invalid bytes shown as �): \
+                 pass it as UTF-8 text\n",
+                value.to_string_lossy()
+            );
+            return Err(clap::Error::raw(ErrorKind::InvalidUtf8, message).with_cmd(command));
+        }
+        self.0.parse_ref(command, arg, value)
     }
 }
 
