@@ -101,6 +101,11 @@ struct Args {
     #[arg(long, env = "AGENTRUN_BENCH_NETWORK", default_value = "none")]
     network: String,
 
+    /// Whether the engine's containers run their agent under an init process (`init` of the
+    /// Docker and Podman configuration).
+    #[arg(long, env = "AGENTRUN_BENCH_INIT", default_value_t = true, action = clap::ArgAction::Set)]
+    init: bool,
+
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -156,7 +161,7 @@ async fn run(args: Args) -> Result<(), String> {
 
 fn describe_args(args: &Args) -> String {
     format!(
-        "--samples {} --subprocess-samples {} --jobs {} --subprocess-jobs {} --concurrency {} --warmup {} --builds {} --executors {} --agents {} --network {}",
+        "--samples {} --subprocess-samples {} --jobs {} --subprocess-jobs {} --concurrency {} --warmup {} --builds {} --executors {} --agents {} --network {} --init {}",
         args.samples,
         args.subprocess_samples,
         args.jobs,
@@ -166,7 +171,8 @@ fn describe_args(args: &Args) -> String {
         args.builds,
         args.executors.join(","),
         args.agents.join(","),
-        args.network
+        args.network,
+        args.init
     )
 }
 
@@ -467,6 +473,7 @@ async fn bench_docker(
 ) -> Result<(), String> {
     let config = DockerConfig {
         instance: "agentrun-bench".to_owned(),
+        init: args.init,
         ..DockerConfig::default()
     };
     let cold = DockerExecutor::connect(config.clone())
@@ -505,6 +512,7 @@ async fn bench_podman(
 ) -> Result<(), String> {
     let config = PodmanConfig {
         instance: "agentrun-bench".to_owned(),
+        init: args.init,
         ..PodmanConfig::default()
     };
     let cold = PodmanExecutor::connect(config.clone())

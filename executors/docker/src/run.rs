@@ -659,6 +659,7 @@ fn host_config(config: &DockerConfig, limits: &Limits) -> HostConfig {
         // Removal is explicit, so a failed job's container stays inspectable until then and
         // recovery after a restart can still read a finished container's logs.
         auto_remove: Some(false),
+        init: Some(config.init),
         ..HostConfig::default()
     }
 }

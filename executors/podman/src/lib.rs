@@ -123,6 +123,12 @@ pub struct PodmanConfig {
     /// The `podman` program used to start a private service, as a name looked up in `PATH` or
     /// a path. Default `podman`.
     pub podman_binary: PathBuf,
+    /// Runs each job container's agent under Podman's init process (`init`, catatonit by
+    /// default), so that the agent is not PID 1. The kernel ignores a signal without a handler
+    /// sent to PID 1, so without an init an agent that kills itself (`kill -SEGV $$`) runs on,
+    /// while under the init it ends with `128 + signal` as on the subprocess backend. Default
+    /// true.
+    pub init: bool,
     /// Limit on one image build, in seconds. Default 600.
     pub build_timeout_secs: u64,
     /// Number of containers kept created and started ahead of demand for each distinct
@@ -147,6 +153,7 @@ impl Default for PodmanConfig {
             network: None,
             service_idle_secs: DEFAULT_SERVICE_IDLE_SECS,
             podman_binary: PathBuf::from(DEFAULT_PODMAN_BINARY),
+            init: true,
             build_timeout_secs: DEFAULT_BUILD_TIMEOUT_SECS,
             warm_pool_size: DEFAULT_WARM_POOL_SIZE,
             warm_pool_idle_secs: DEFAULT_WARM_POOL_IDLE_SECS,
@@ -305,6 +312,7 @@ mod tests {
         assert_eq!(config.service_idle_secs, 300);
         assert_eq!(config.podman_binary, PathBuf::from("podman"));
         assert_eq!(config.build_timeout_secs, 600);
+        assert!(config.init);
         assert_eq!(config.ulimits, Ulimits::default());
         assert_eq!(config.socket, None);
         assert_eq!(config.runtime, None);
@@ -322,6 +330,7 @@ mod tests {
             service_idle_secs = 0
             podman_binary = "/usr/bin/podman"
             build_timeout_secs = 30
+            init = false
 
             [ulimits]
             nofile = 1024
@@ -339,6 +348,7 @@ mod tests {
         assert_eq!(config.service_idle_secs, 0);
         assert_eq!(config.podman_binary, PathBuf::from("/usr/bin/podman"));
         assert_eq!(config.build_timeout_secs, 30);
+        assert!(!config.init);
         assert_eq!(config.ulimits.nofile, Some(1024));
         assert_eq!(config.ulimits.nproc, Some(512));
     }

@@ -896,6 +896,7 @@ pub(crate) fn container_spec(
         networks,
         user: limits.user.clone(),
         oci_runtime: config.runtime.clone(),
+        init: config.init,
         // Recovery after an engine restart reads the output through the logs endpoint. k8s-file
         // keeps it in a file that endpoint reads, while journald may not run and passthrough
         // keeps nothing.
