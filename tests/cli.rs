@@ -1010,7 +1010,7 @@ fn containers_carry_cli_instance() {
             let found = wait_for_containers(kind, instance, "cli-instance", &mut child);
             assert_eq!(found.len(), 1, "{kind}, instance {instance}: {found:?}");
             assert!(
-                containers_labelled(kind, "agentrun", "cli-instance").is_empty(),
+                job_containers(kind, "agentrun", "cli-instance").is_empty(),
                 "{kind}: a container carries the service's instance"
             );
 
@@ -1024,7 +1024,7 @@ fn containers_carry_cli_instance() {
                 "{kind}: agentrun did not exit after SIGTERM"
             );
             assert_eq!(
-                containers_labelled(kind, instance, "cli-instance"),
+                job_containers(kind, instance, "cli-instance"),
                 Vec::<String>::new(),
                 "{kind}: the interrupted run left its container"
             );
@@ -1065,6 +1065,170 @@ fn non_utf8_option_names_it() {
     }
 }
 
+/// A command killed with SIGKILL cannot remove its container, so the container carries a
+/// deadline label: its creation plus the timeout plus the grace, in Unix seconds.
+#[test]
+fn killed_run_leaves_deadline_label() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("cli-killed");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM agentrun-busybox:latest\nENTRYPOINT [\"/bin/sh\", \"-c\", \"read line; sleep 300\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    let instance = format!("cli-killed-{}", std::process::id());
+    let grace = agentrun_executor::DEADLINE_GRACE.as_secs();
+
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "killed_run_leaves_deadline_label") {
+            continue;
+        }
+        let before = unix_seconds();
+        let mut child = agentrun(&["run", "--network", "none", "--timeout", "600"])
+            .args(["--executor", kind.as_str(), "--instance", &instance])
+            .arg(&package)
+            .spawn();
+        let found = wait_for_containers(kind, &instance, "cli-killed", &mut child);
+        // Child::kill sends SIGKILL, which the command cannot handle.
+        child.kill().expect("killing agentrun");
+        let _ = child.wait();
+        let after = unix_seconds();
+
+        let left = job_containers(kind, &instance, "cli-killed");
+        assert_eq!(
+            left, found,
+            "{kind}: the killed run's container should stay"
+        );
+        let deadline: u64 = container_label(kind, &left[0], agentrun_executor::LABEL_DEADLINE)
+            .parse()
+            .unwrap_or_else(|error| panic!("{kind}: deadline label is not a number: {error}"));
+        remove_containers(kind, &left);
+        assert!(
+            deadline >= before + 600 + grace && deadline <= after + 600 + grace,
+            "{kind}: deadline {deadline} outside {before}..{after} + 600 + {grace}"
+        );
+    }
+}
+
+/// Every command on Docker and Podman removes containers of any instance whose deadline label
+/// is more than a minute past, and leaves alone those whose deadline is ahead or that carry no
+/// deadline.
+#[test]
+fn expired_containers_are_swept() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("sweeper");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM agentrun-busybox:latest\nENTRYPOINT [\"/bin/true\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    let other = format!("other-engine-{}", std::process::id());
+    let now = unix_seconds();
+
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "expired_containers_are_swept") {
+            continue;
+        }
+        let expired = create_labelled(kind, &other, Some(now - 3600));
+        let ahead = create_labelled(kind, &other, Some(now + 3600));
+        let without = create_labelled(kind, &other, None);
+
+        let output = agentrun(&["build", "--executor", kind.as_str()])
+            .arg(&package)
+            .run();
+
+        let left = containers_labelled(kind, &other, "sweep-test");
+        remove_containers(kind, &left);
+        output.assert_exit(0);
+        assert!(
+            !left.contains(&expired),
+            "{kind}: the expired container stayed"
+        );
+        assert!(
+            left.contains(&ahead),
+            "{kind}: a container still in use was removed"
+        );
+        assert!(
+            left.contains(&without),
+            "{kind}: a container without deadline was removed"
+        );
+    }
+}
+
+/// Returns the seconds since the Unix epoch.
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Creates a stopped container of the busybox image with the engine label `instance`, the
+/// integration label `sweep-test` and, when given, a deadline label, and returns its short id.
+fn create_labelled(kind: ExecutorKind, instance: &str, deadline: Option<u64>) -> String {
+    let mut command = Command::new(kind.as_str());
+    command
+        .args(["create", "--network", "none", "--label"])
+        .arg(format!("{}={instance}", agentrun_executor::LABEL_ENGINE))
+        .arg("--label")
+        .arg(format!(
+            "{}=sweep-test",
+            agentrun_executor::LABEL_INTEGRATION
+        ));
+    if let Some(deadline) = deadline {
+        command
+            .arg("--label")
+            .arg(format!("{}={deadline}", agentrun_executor::LABEL_DEADLINE));
+    }
+    let output = command
+        .args(["agentrun-busybox:latest", "/bin/true"])
+        .output()
+        .unwrap_or_else(|error| panic!("running `{kind} create` failed: {error}"));
+    assert!(
+        output.status.success(),
+        "`{kind} create` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    // `ps --quiet` lists short ids, so the comparisons use the same form.
+    id.chars().take(12).collect()
+}
+
+/// Returns one label of a container, or "" when it has none of that name.
+fn container_label(kind: ExecutorKind, id: &str, name: &str) -> String {
+    let output = Command::new(kind.as_str())
+        .args(["inspect", "--format"])
+        .arg(format!("{{{{index .Config.Labels \"{name}\"}}}}"))
+        .arg(id)
+        .output()
+        .unwrap_or_else(|error| panic!("running `{kind} inspect` failed: {error}"));
+    assert!(
+        output.status.success(),
+        "`{kind} inspect` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Removes containers by id, failing the test when the runtime reports an error.
+fn remove_containers(kind: ExecutorKind, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let output = Command::new(kind.as_str())
+        .args(["rm", "--force"])
+        .args(ids)
+        .output()
+        .unwrap_or_else(|error| panic!("running `{kind} rm` failed: {error}"));
+    assert!(
+        output.status.success(),
+        "`{kind} rm` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// An empty instance name is rejected before anything runs.
 #[test]
 fn empty_instance_exits_2() {
@@ -1086,9 +1250,9 @@ fn cli_instance_variable_is_not_config() {
     assert_contains(&output.stderr, "the configuration is valid");
 }
 
-/// Polls until a container with the engine label `instance` and the integration label
-/// `integration` exists and returns their ids. Fails the test when `child` exits first or after
-/// [`CLI_TIMEOUT`].
+/// Polls until a job container (one with a job-id label, unlike the builder's intermediate
+/// containers) with the engine label `instance` and the integration label `integration` exists
+/// and returns their ids. Fails the test when `child` exits first or after [`CLI_TIMEOUT`].
 fn wait_for_containers(
     kind: ExecutorKind,
     instance: &str,
@@ -1097,7 +1261,7 @@ fn wait_for_containers(
 ) -> Vec<String> {
     let started = Instant::now();
     loop {
-        let found = containers_labelled(kind, instance, integration);
+        let found = job_containers(kind, instance, integration);
         if !found.is_empty() {
             return found;
         }
@@ -1116,6 +1280,23 @@ fn wait_for_containers(
 /// Lists the ids of containers (running or not) with the engine label `instance` and the
 /// integration label `integration`, through the runtime's CLI.
 fn containers_labelled(kind: ExecutorKind, instance: &str, integration: &str) -> Vec<String> {
+    list_containers(kind, instance, integration, &[])
+}
+
+/// Lists the ids of job containers: those of [`containers_labelled`] with a job-id label.
+fn job_containers(kind: ExecutorKind, instance: &str, integration: &str) -> Vec<String> {
+    let job_label = format!("label={}", agentrun_executor::LABEL_JOB_ID);
+    list_containers(kind, instance, integration, &["--filter", &job_label])
+}
+
+/// Lists the ids of containers with the engine label `instance`, the integration label
+/// `integration` and the further `ps` arguments `extra`.
+fn list_containers(
+    kind: ExecutorKind,
+    instance: &str,
+    integration: &str,
+    extra: &[&str],
+) -> Vec<String> {
     let output = Command::new(kind.as_str())
         .args(["ps", "--all", "--quiet", "--filter"])
         .arg(format!(
@@ -1127,6 +1308,7 @@ fn containers_labelled(kind: ExecutorKind, instance: &str, integration: &str) ->
             "label={}={integration}",
             agentrun_executor::LABEL_INTEGRATION
         ))
+        .args(extra)
         .output()
         .unwrap_or_else(|error| panic!("running `{kind} ps` failed: {error}"));
     assert!(

@@ -224,6 +224,23 @@ async fn connect_dispatcher(target: &TargetArgs) -> Result<Dispatcher, Error> {
     }
     let config = BackendsConfig::with_instance(&target.instance);
     let executor = backends::connect(target.executor, &config).await?;
+    // The containers of a command killed with SIGKILL stay behind, since nothing removes them
+    // at its end. Each command removes those of any instance whose deadline label expired,
+    // which costs one container listing and never touches a container still in use.
+    if target.executor.is_container() {
+        match executor.sweep_expired().await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    count = removed.len(),
+                    "removed containers whose deadline expired"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(error = %error, "removing containers whose deadline expired failed");
+            }
+        }
+    }
     let mut defaults = DispatchDefaults::default();
     defaults.limits.network.clone_from(&target.network);
     Ok(Dispatcher::with_defaults(executor, defaults))

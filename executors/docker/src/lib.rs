@@ -225,6 +225,10 @@ impl Executor for DockerExecutor {
         recover::sweep(self, keep_job_ids).await
     }
 
+    async fn sweep_expired(&self) -> Result<Vec<String>, ExecutorError> {
+        recover::sweep_expired(self).await
+    }
+
     async fn release(&self, prepared: &Prepared) -> Result<(), ExecutorError> {
         prepare::release(self, prepared).await
     }

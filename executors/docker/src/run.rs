@@ -8,8 +8,9 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use agentrun_executor::{
-    CancellationToken, ExecutorError, ExitStatus, JobEnd, JobOutcome, JobSpec, Limits,
-    OutputCapture, Prepared, Target, LABEL_AGENT_ID, LABEL_ENGINE, LABEL_INTEGRATION, LABEL_JOB_ID,
+    deadline_label, CancellationToken, ExecutorError, ExitStatus, JobEnd, JobOutcome, JobSpec,
+    Limits, OutputCapture, Prepared, Target, LABEL_AGENT_ID, LABEL_DEADLINE, LABEL_ENGINE,
+    LABEL_INTEGRATION, LABEL_JOB_ID,
 };
 use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::errors::Error as BollardError;
@@ -568,6 +569,7 @@ pub(crate) fn container_body(
         (LABEL_AGENT_ID.to_owned(), prepared.agent_id.clone()),
         (LABEL_INTEGRATION.to_owned(), prepared.integration.clone()),
         (LABEL_JOB_ID.to_owned(), job.job_id.to_string()),
+        (LABEL_DEADLINE.to_owned(), deadline_label(job.timeout)),
     ]);
 
     Ok(ContainerCreateBody {
@@ -704,6 +706,8 @@ mod tests {
             labels[LABEL_AGENT_ID],
             "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
         );
+        assert!(labels[LABEL_DEADLINE].parse::<u64>().is_ok());
+        assert_eq!(body.host_config.and_then(|host| host.init), Some(true));
     }
 
     #[test]

@@ -295,6 +295,10 @@ impl Executor for PodmanExecutor {
         recover::sweep(self, keep_job_ids).await
     }
 
+    async fn sweep_expired(&self) -> Result<Vec<String>, ExecutorError> {
+        recover::sweep_expired(self).await
+    }
+
     async fn release(&self, prepared: &Prepared) -> Result<(), ExecutorError> {
         prepare::release(self, prepared).await
     }

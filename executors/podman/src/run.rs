@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentrun_executor::{
-    CancellationToken, ExecutorError, ExitStatus, JobEnd, JobOutcome, JobSpec, OutputCapture,
-    Prepared, Target, LABEL_AGENT_ID, LABEL_ENGINE, LABEL_INTEGRATION, LABEL_JOB_ID,
+    deadline_label, CancellationToken, ExecutorError, ExitStatus, JobEnd, JobOutcome, JobSpec,
+    OutputCapture, Prepared, Target, LABEL_AGENT_ID, LABEL_DEADLINE, LABEL_ENGINE,
+    LABEL_INTEGRATION, LABEL_JOB_ID,
 };
 use futures_util::io::AsyncWriteExt;
 use futures_util::{AsyncWrite, Stream, StreamExt};
@@ -824,6 +825,7 @@ pub(crate) fn container_spec(
         (LABEL_AGENT_ID.to_owned(), prepared.agent_id.clone()),
         (LABEL_INTEGRATION.to_owned(), prepared.integration.clone()),
         (LABEL_JOB_ID.to_owned(), job.job_id.to_string()),
+        (LABEL_DEADLINE.to_owned(), deadline_label(job.timeout)),
     ]);
 
     let mut r_limits = Vec::new();
@@ -1015,8 +1017,17 @@ mod tests {
         assert!(json.get("netns").is_none());
         assert!(json.get("r_limits").is_none());
         assert!(json.get("resource_limits").is_none());
+        assert_eq!(json["init"], true);
+        let mut labels = json["labels"].clone();
+        let deadline = labels
+            .as_object_mut()
+            .and_then(|labels| labels.remove(LABEL_DEADLINE))
+            .expect("a deadline label");
+        assert!(deadline
+            .as_str()
+            .is_some_and(|value| value.parse::<u64>().is_ok()));
         assert_eq!(
-            json["labels"],
+            labels,
             serde_json::json!({
                 "io.agentrun.engine": "agentrun",
                 "io.agentrun.agent-id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
