@@ -524,7 +524,10 @@ impl ContainerState {
 ///
 /// Podman's wait endpoint would return the exit code directly, but it responds about 200 ms
 /// after the container has exited (measured with Podman 4.3.1), while inspect reports the exit at
-/// once. Inspect here also skips the size computation that the crate's inspect requests.
+/// once. A shorter `interval` does not close the gap: with `interval=1ms` or `5ms` the wait
+/// still responded 35-110 ms after the attach stream ended, and the events stream reported
+/// `died` after about 190 ms, against 2-10 ms for inspect (Podman 4.3.1, 2-core VM). Inspect
+/// here also skips the size computation that the crate's inspect requests.
 ///
 /// # Errors
 ///
