@@ -313,6 +313,8 @@ async fn unpack(service: &Service, zip: &Path) -> Result<Unpacked, ApiError> {
         .packages_dir()
         .join(format!("{INCOMING_PREFIX}{}", Uuid::new_v4()));
     let limits = service.config.intake.clone();
+    let upload_path = zip.display().to_string();
+    let incoming_path = format!("{}/", incoming.display());
     let zip = zip.to_owned();
     let destination = incoming.clone();
     let opened =
@@ -327,15 +329,23 @@ async fn unpack(service: &Service, zip: &Path) -> Result<Unpacked, ApiError> {
         Err(error @ PackageError::ArchiveTooLarge { .. }) => {
             Err(ApiError::too_large(error.to_string()))
         }
-        Err(error) if error.is_invalid_input() => Err(ApiError::unprocessable(
-            "invalid_package",
-            error.to_string(),
-            vec![FieldError {
-                field: "package".to_owned(),
-                message: error.to_string(),
-                rule: None,
-            }],
-        )),
+        Err(error) if error.is_invalid_input() => {
+            // The paths of the upload and of its folder are the service's own business, so
+            // the client sees the part's name and the path inside the package instead.
+            let message = error
+                .to_string()
+                .replace(&upload_path, "the package part")
+                .replace(&incoming_path, "");
+            Err(ApiError::unprocessable(
+                "invalid_package",
+                message.clone(),
+                vec![FieldError {
+                    field: "package".to_owned(),
+                    message,
+                    rule: None,
+                }],
+            ))
+        }
         Err(error) => Err(ApiError::internal(&error)),
     }
 }

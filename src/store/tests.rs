@@ -208,6 +208,54 @@ async fn env_patch_sets_and_removes() {
     assert!(missing.is_none());
 }
 
+/// A patch of 100,000 variables keeps their order; a second patch updates one in place,
+/// removes one and appends one.
+#[tokio::test]
+async fn env_patch_of_many_variables() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), &key());
+    store
+        .insert_integration(new_integration("Slack"))
+        .await
+        .expect("insert");
+    let names: Vec<String> = (0..100_000).map(|index| format!("V{index}")).collect();
+    let patch = names
+        .iter()
+        .map(|name| (name.clone(), Some(String::new())))
+        .collect();
+    let record = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        store.update_env(agent_id_for("slack"), patch),
+    )
+    .await
+    .expect("the update ends within 120 s")
+    .expect("update env")
+    .expect("integration exists");
+    let keys: Vec<&str> = record.env.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys.len(), 100_001);
+    assert_eq!(keys[0], "url");
+    assert_eq!(keys[1], "V0");
+    assert_eq!(keys[100_000], "V99999");
+
+    let record = store
+        .update_env(
+            agent_id_for("slack"),
+            vec![
+                ("V5".to_owned(), Some("five".to_owned())),
+                ("V0".to_owned(), None),
+                ("NEW".to_owned(), Some("new".to_owned())),
+            ],
+        )
+        .await
+        .expect("update env")
+        .expect("integration exists");
+    assert_eq!(record.env.len(), 100_001);
+    assert_eq!(record.env[0].0, "url");
+    assert_eq!(record.env[1].0, "V1");
+    assert_eq!(record.env[5], ("V5".to_owned(), "five".to_owned()));
+    assert_eq!(record.env[100_000], ("NEW".to_owned(), "new".to_owned()));
+}
+
 #[tokio::test]
 async fn replace_package_keeps_env_and_rebuilds() {
     let dir = tempfile::tempdir().expect("temp dir");

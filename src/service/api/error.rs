@@ -13,6 +13,11 @@ use crate::forms::FormErrors;
 use crate::manifest::ManifestError;
 use crate::store::StoreError;
 
+/// Maximum number of entries in an error's `errors` list. A request with more problems gets
+/// the first ones and a message that counts them all, so that a body of 100,000 invalid values
+/// cannot produce a response many times its own size.
+pub const MAX_FIELD_ERRORS: usize = 100;
+
 /// One invalid field, manifest key or value.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FieldError {
@@ -70,18 +75,61 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
-    /// 422 with one entry per problem.
+    /// 422 with one entry per problem, at most [`MAX_FIELD_ERRORS`] of them.
     pub fn unprocessable(
         error: &'static str,
         message: impl Into<String>,
         errors: Vec<FieldError>,
     ) -> Self {
+        let total = errors.len();
+        Self::unprocessable_of(error, message, total, errors)
+    }
+
+    /// 422 for `total` problems, of which `errors` contains the first ones. The list is cut to
+    /// [`MAX_FIELD_ERRORS`] entries, and when it is shorter than `total` the message counts
+    /// them all.
+    pub fn unprocessable_of(
+        error: &'static str,
+        message: impl Into<String>,
+        total: usize,
+        mut errors: Vec<FieldError>,
+    ) -> Self {
+        errors.truncate(MAX_FIELD_ERRORS);
+        let mut message = message.into();
+        if total > errors.len() {
+            message.push_str(&format!(
+                " ({total} problems; the first {} are listed)",
+                errors.len()
+            ));
+        }
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             error,
-            message: message.into(),
+            message,
             errors,
         }
+    }
+
+    /// 422 for invalid form values: `errors` contains the first of `total` problems.
+    pub fn form_values(errors: FormErrors, total: usize) -> Self {
+        let fields = errors
+            .errors
+            .iter()
+            .take(MAX_FIELD_ERRORS)
+            .map(|error| FieldError {
+                field: error.field.clone(),
+                message: error.message.clone(),
+                rule: serde_json::to_value(error.rule)
+                    .ok()
+                    .and_then(|rule| rule.as_str().map(str::to_owned)),
+            })
+            .collect();
+        Self::unprocessable_of(
+            "invalid_values",
+            "invalid form values: see errors for each field",
+            total,
+            fields,
+        )
     }
 
     /// 413 naming the limit.
@@ -135,22 +183,8 @@ impl From<StoreError> for ApiError {
 
 impl From<FormErrors> for ApiError {
     fn from(errors: FormErrors) -> Self {
-        let fields = errors
-            .errors
-            .iter()
-            .map(|error| FieldError {
-                field: error.field.clone(),
-                message: error.message.clone(),
-                rule: serde_json::to_value(error.rule)
-                    .ok()
-                    .and_then(|rule| rule.as_str().map(str::to_owned)),
-            })
-            .collect();
-        Self::unprocessable(
-            "invalid_values",
-            "invalid form values: see errors for each field",
-            fields,
-        )
+        let total = errors.errors.len();
+        Self::form_values(errors, total)
     }
 }
 

@@ -4,15 +4,19 @@ use std::sync::Arc;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
-use serde::de::DeserializeOwned;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::error::{ApiError, FieldError};
+use crate::forms::Context;
 use crate::service::Service;
 
-/// A JSON body of at most `api.max_body_bytes`, parsed into `T`.
+/// A JSON object of at most `api.max_body_bytes`, parsed into `T`.
 ///
 /// Rejections: 415 without a JSON content type, 413 past the size limit, 400 for malformed
-/// JSON, and 422 for well-formed JSON of the wrong shape (unknown keys, wrong types).
+/// JSON, and 422 for well-formed JSON of the wrong shape (not an object, unknown keys, wrong
+/// types).
 #[derive(Debug)]
 pub(crate) struct ApiJson<T>(pub(crate) T);
 
@@ -41,8 +45,41 @@ impl<T: DeserializeOwned> FromRequest<Arc<Service>> for ApiJson<T> {
         }
         let limit = service.config.api.max_body_bytes;
         let bytes = read_limited(request, limit).await?;
+        check_object(&bytes)?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// Rejects a body that is valid JSON but not an object, with 422.
+///
+/// Every JSON body of this API is an object, but serde also builds a struct from an array of
+/// its fields in order, so `[]` or `[{}, {}]` would otherwise pass as a job submission.
+fn check_object(bytes: &[u8]) -> Result<(), ApiError> {
+    let first = bytes
+        .iter()
+        .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'{') {
+        return Ok(());
+    }
+    // Malformed text is a 400, whatever it starts with.
+    parse_json::<serde::de::IgnoredAny>(bytes)?;
+    let found = match first {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    };
+    let message = format!("the request body must be a JSON object, found {found}");
+    Err(ApiError::unprocessable(
+        "invalid_body",
+        message.clone(),
+        vec![FieldError {
+            field: "body".to_owned(),
+            message,
+            rule: None,
+        }],
+    ))
 }
 
 /// Reads a request body, failing with 413 past `limit` bytes without buffering more.
@@ -83,4 +120,29 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
             ApiError::bad_request(format!("the request body is not valid JSON: {error}"))
         }
     })
+}
+
+/// Deserializes a job's UI context, which must be a JSON object.
+///
+/// Like every struct, [`Context`] would also be built from an array of its values in order, so
+/// `"context": [null, null]` would pass as an empty context. Going through `deserialize_map`
+/// accepts objects only, and keeps the checks for unknown and duplicate keys.
+pub(crate) fn context_object<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Context, D::Error> {
+    struct ContextVisitor;
+
+    impl<'de> Visitor<'de> for ContextVisitor {
+        type Value = Context;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a JSON object of context keys")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Context, A::Error> {
+            Context::deserialize(MapAccessDeserializer::new(map))
+        }
+    }
+
+    deserializer.deserialize_map(ContextVisitor)
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,14 +13,18 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use super::error::{ApiError, FieldError};
-use super::extract::ApiJson;
+use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
+use super::extract::{context_object, ApiJson};
+use super::multipart;
 use super::views::{HealthView, IntegrationView};
 use crate::forms::{self, Context};
 use crate::manifest::{is_env_name, Section, SectionElement};
 use crate::service::integrations::{self, Upload};
 use crate::service::{health, Service};
 use crate::store::{BuildState, IntegrationRecord};
+
+/// Maximum number of env variable names in the log line of an env update.
+const MAX_LOGGED_ENV_NAMES: usize = 20;
 
 /// Parses an `{id}` path segment: an agentID.
 pub(crate) fn parse_agent_id(id: &str) -> Result<Uuid, ApiError> {
@@ -49,9 +53,9 @@ fn created(record: &IntegrationRecord) -> Response {
 /// `POST /v1/integrations`: multipart with a `manifest` JSON part and a `package` zip part.
 pub(crate) async fn register(
     State(service): State<Arc<Service>>,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let upload = read_upload(&service, multipart).await?;
+    let upload = read_upload(&service, request).await?;
     let record = integrations::register(&service, upload).await?;
     Ok(created(&record))
 }
@@ -60,21 +64,19 @@ pub(crate) async fn register(
 pub(crate) async fn replace_package(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let agent_id = parse_agent_id(&id)?;
-    let upload = read_upload(&service, multipart).await?;
+    let upload = read_upload(&service, request).await?;
     let record = integrations::replace(&service, agent_id, upload).await?;
     Ok(created(&record))
 }
 
 /// Streams the multipart parts: the manifest into memory (at most `api.max_body_bytes`), the
-/// package into a file under `tmp/` (at most `intake.max_archive_bytes`).
-async fn read_upload(
-    service: &Service,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Result<Upload, ApiError> {
-    let mut multipart = multipart.map_err(|rejection| {
+/// package into a file under `tmp/` (at most `intake.max_archive_bytes`). Preambles and part
+/// headers are capped by [`multipart::open`].
+async fn read_upload(service: &Service, request: Request) -> Result<Upload, ApiError> {
+    let (mut multipart, limit) = multipart::open(request).await.map_err(|rejection| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -89,12 +91,18 @@ async fn read_upload(
     let mut manifest: Option<Vec<u8>> = None;
     let mut package: Option<tempfile::TempPath> = None;
 
-    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|error| limit.error(error))?
+    {
+        limit.progress();
         let name = field.name().unwrap_or("").to_owned();
         match name.as_str() {
             "manifest" if manifest.is_none() => {
                 let mut bytes = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                while let Some(chunk) = field.chunk().await.map_err(|error| limit.error(error))? {
+                    limit.progress();
                     if bytes.len() + chunk.len() > max_manifest {
                         return Err(ApiError::too_large(format!(
                             "the `manifest` part is larger than {max_manifest} bytes \
@@ -114,7 +122,8 @@ async fn read_upload(
                 let (file, path) = file.into_parts();
                 let mut file = tokio::fs::File::from_std(file);
                 let mut written: u64 = 0;
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                while let Some(chunk) = field.chunk().await.map_err(|error| limit.error(error))? {
+                    limit.progress();
                     written += chunk.len() as u64;
                     if written > max_package {
                         return Err(ApiError::too_large(format!(
@@ -176,14 +185,6 @@ async fn read_upload(
     Ok(Upload { manifest, package })
 }
 
-fn multipart_error(error: axum::extract::multipart::MultipartError) -> ApiError {
-    let status = error.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::too_large(error.body_text());
-    }
-    ApiError::bad_request(format!("invalid multipart body: {}", error.body_text()))
-}
-
 /// `GET /v1/integrations`.
 pub(crate) async fn list(State(service): State<Arc<Service>>) -> Result<Response, ApiError> {
     let records = service.store().integrations().await?;
@@ -220,51 +221,71 @@ pub(crate) async fn update_env(
     let agent_id = parse_agent_id(&id)?;
     let mut changes = Vec::with_capacity(patch.len());
     let mut problems = Vec::new();
+    let mut problem_count = 0;
     for (key, value) in patch {
-        if !is_env_name(&key) {
-            problems.push(FieldError {
-                field: key.clone(),
-                message: format!(
-                    "invalid env variable name {key:?}; use ASCII letters, digits and \"_\", \
-                     not starting with a digit"
-                ),
-                rule: None,
-            });
-            continue;
-        }
-        match value {
-            Value::Null => changes.push((key, None)),
-            Value::String(text) if text.contains('\0') => problems.push(FieldError {
-                field: key.clone(),
-                message: format!(
-                    "the value of {key} contains a NUL byte, which no process environment can \
-                     carry"
-                ),
-                rule: None,
-            }),
-            Value::String(text) => changes.push((key, Some(text))),
-            _ => problems.push(FieldError {
-                field: key.clone(),
-                message: format!("the value of {key} must be a string, or null to remove it"),
-                rule: None,
-            }),
+        match env_change(key, value) {
+            Ok(change) => changes.push(change),
+            Err(problem) => {
+                problem_count += 1;
+                if problems.len() < MAX_FIELD_ERRORS {
+                    problems.push(problem);
+                }
+            }
         }
     }
-    if !problems.is_empty() {
-        return Err(ApiError::unprocessable(
+    if problem_count > 0 {
+        return Err(ApiError::unprocessable_of(
             "invalid_env",
             "invalid env patch: see errors for each variable",
+            problem_count,
             problems,
         ));
     }
-    let names: Vec<&str> = changes.iter().map(|(key, _)| key.as_str()).collect();
-    tracing::info!(agent_id = %agent_id, env = ?names, "env updated");
+    // The line names at most the first few variables, so that a patch of many cannot flood
+    // the log.
+    let names: Vec<&str> = changes
+        .iter()
+        .take(MAX_LOGGED_ENV_NAMES)
+        .map(|(key, _)| key.as_str())
+        .collect();
+    tracing::info!(agent_id = %agent_id, env_count = changes.len(), env = ?names, "env updated");
     let record = service
         .store()
         .update_env(agent_id, changes)
         .await?
         .ok_or_else(|| ApiError::not_found("integration", agent_id))?;
     Ok(Json(IntegrationView::from(&record)).into_response())
+}
+
+/// Checks one entry of an env patch: a valid name with a string value sets the variable, with
+/// null it removes it.
+fn env_change(key: String, value: Value) -> Result<(String, Option<String>), FieldError> {
+    if !is_env_name(&key) {
+        return Err(FieldError {
+            message: format!(
+                "invalid env variable name {key:?}; use ASCII letters, digits and \"_\", not \
+                 starting with a digit"
+            ),
+            field: key,
+            rule: None,
+        });
+    }
+    match value {
+        Value::Null => Ok((key, None)),
+        Value::String(text) if text.contains('\0') => Err(FieldError {
+            message: format!(
+                "the value of {key} contains a NUL byte, which no process environment can carry"
+            ),
+            field: key,
+            rule: None,
+        }),
+        Value::String(text) => Ok((key, Some(text))),
+        _ => Err(FieldError {
+            message: format!("the value of {key} must be a string, or null to remove it"),
+            field: key,
+            rule: None,
+        }),
+    }
 }
 
 /// Query of `GET /v1/actions`.
@@ -305,7 +326,7 @@ pub(crate) async fn actions(
         )
     })?;
     let section = parse_section(query.section.as_deref())?;
-    let element = parse_element(section, query.section_element.as_deref())?;
+    let (section, element) = parse_element(section, query.section_element.as_deref())?;
     let element_type = query.section_element_type.filter(|text| !text.is_empty());
 
     let records = service.store().integrations().await?;
@@ -374,25 +395,46 @@ fn parse_section(text: Option<&str>) -> Result<Option<Section>, ApiError> {
         })
 }
 
+/// Parses `section_element`. Without a section, the element's own section is returned with
+/// it: each element belongs to exactly one section.
 fn parse_element(
     section: Option<Section>,
     text: Option<&str>,
-) -> Result<Option<SectionElement>, ApiError> {
+) -> Result<(Option<Section>, Option<SectionElement>), ApiError> {
     let Some(text) = text.filter(|text| !text.is_empty()) else {
-        return Ok(None);
+        return Ok((section, None));
     };
     let Some(section) = section else {
-        return Err(invalid_query(
-            "section_element",
-            "section_element needs a section".to_owned(),
-        ));
+        return Section::ALL
+            .iter()
+            .find_map(|section| {
+                section
+                    .elements()
+                    .iter()
+                    .find(|element| element.as_str() == text)
+                    .map(|element| (Some(*section), Some(*element)))
+            })
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = Section::ALL
+                    .iter()
+                    .flat_map(|section| section.elements())
+                    .map(|element| element.as_str())
+                    .collect();
+                invalid_query(
+                    "section_element",
+                    format!(
+                        "unknown section element {text:?}; allowed: {}",
+                        allowed.join(", ")
+                    ),
+                )
+            });
     };
     section
         .elements()
         .iter()
         .copied()
         .find(|element| element.as_str() == text)
-        .map(Some)
+        .map(|element| (Some(section), Some(element)))
         .ok_or_else(|| {
             let allowed: Vec<&str> = section.elements().iter().map(|e| e.as_str()).collect();
             invalid_query(
@@ -422,7 +464,7 @@ fn invalid_query(field: &str, message: String) -> ApiError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FormBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "context_object")]
     context: Context,
 }
 

@@ -1,5 +1,6 @@
 //! Handlers for jobs: submit, show, list and cancel.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +13,12 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::error::{ApiError, FieldError};
-use super::extract::ApiJson;
+use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
+use super::extract::{context_object, ApiJson};
 use super::integrations::parse_agent_id;
 use super::views::JobView;
 use crate::forms::{self, Context};
+use crate::manifest::Manifest;
 use crate::protocol::agent_id_for;
 use crate::service::integrations::check_accepts_jobs;
 use crate::service::pool::CancelReason;
@@ -38,7 +40,7 @@ pub(crate) struct SubmitBody {
     #[serde(default)]
     values: serde_json::Map<String, serde_json::Value>,
     /// The UI context, with the CLI's keys.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "context_object")]
     context: Context,
 }
 
@@ -88,24 +90,35 @@ pub(crate) async fn submit(
     // Values must be strings; everything else is reported per field like a broken rule.
     let mut values = Vec::with_capacity(body.values.len());
     let mut problems = Vec::new();
+    let mut problem_count = 0;
     for (name, value) in body.values {
         match value {
             serde_json::Value::String(text) => values.push((name, text)),
-            _ => problems.push(FieldError {
-                field: name.clone(),
-                message: format!("field {name:?} must be a string"),
-                rule: Some("type".to_owned()),
-            }),
+            _ => {
+                problem_count += 1;
+                if problems.len() < MAX_FIELD_ERRORS {
+                    problems.push(FieldError {
+                        message: format!("field {name:?} must be a string"),
+                        field: name,
+                        rule: Some("type".to_owned()),
+                    });
+                }
+            }
         }
     }
-    if !problems.is_empty() {
-        return Err(ApiError::unprocessable(
+    if problem_count > 0 {
+        return Err(ApiError::unprocessable_of(
             "invalid_values",
             "invalid form values: see errors for each field",
+            problem_count,
             problems,
         ));
     }
-    forms::resolve(&record.manifest, &values, &body.context)?;
+    let dropped = drop_excess_unknown(&record.manifest, &mut values);
+    forms::resolve(&record.manifest, &values, &body.context).map_err(|errors| {
+        let total = errors.errors.len() + dropped;
+        ApiError::form_values(errors, total)
+    })?;
 
     // Subscribe before the insert, so that a job that ends at once is not missed.
     let mut finished = service.events.subscribe();
@@ -138,6 +151,33 @@ pub(crate) async fn submit(
         StatusCode::ACCEPTED
     };
     Ok(job_response(status, &job))
+}
+
+/// Removes the values with names the manifest's fields do not have, beyond the first
+/// [`MAX_FIELD_ERRORS`] of them, and returns how many it removed.
+///
+/// The form check reports each unknown value with the list of known fields, so 100,000 unknown
+/// values would cost 100,000 such messages. The API lists only the first ones anyway. A
+/// manifest without fields accepts any value, and then nothing is removed.
+fn drop_excess_unknown(manifest: &Manifest, values: &mut Vec<(String, String)>) -> usize {
+    if manifest.fields.is_empty() {
+        return 0;
+    }
+    let known: HashSet<&str> = manifest
+        .fields
+        .iter()
+        .map(|field| field.name.as_str())
+        .collect();
+    let mut unknown = 0;
+    let before = values.len();
+    values.retain(|(name, _)| {
+        if known.contains(name.as_str()) {
+            return true;
+        }
+        unknown += 1;
+        unknown <= MAX_FIELD_ERRORS
+    });
+    before - values.len()
 }
 
 /// Waits until job `id` has a final state, at most `wait`, or until the service stops, and
@@ -231,7 +271,19 @@ pub(crate) async fn list(
         })?),
         None => None,
     };
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        let message = format!("limit must be between 1 and {MAX_PAGE}, found {limit}");
+        return Err(ApiError::unprocessable(
+            "invalid_query",
+            message.clone(),
+            vec![FieldError {
+                field: "limit".to_owned(),
+                message,
+                rule: None,
+            }],
+        ));
+    }
     let jobs = service
         .store()
         .jobs(JobFilter {

@@ -11,6 +11,7 @@ pub mod error;
 mod extract;
 mod integrations;
 mod jobs;
+mod multipart;
 mod views;
 
 use std::os::unix::fs::PermissionsExt;
