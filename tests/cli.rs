@@ -932,31 +932,38 @@ fn containers_reject_dockerfile_without_agent() {
     }
 }
 
-/// An ENTRYPOINT program that the image does not contain is a package fault on Docker and
-/// Podman (exit 2, naming the program), as it is on the subprocess backend.
+/// An ENTRYPOINT program that the image does not contain or cannot execute is a package fault
+/// on Docker and Podman (exit 2, naming the program), as it is on the subprocess backend. The
+/// agent runs under an init, which reports the fault on stderr instead of runc.
 #[test]
 fn containers_missing_program_exits_2() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let cases = [
         (
-            "[\"/nonexistent\", \"x\"]",
+            "ENTRYPOINT [\"/nonexistent\", \"x\"]",
             "the agent program `/nonexistent` is not in the image",
         ),
         (
-            "[\"nosuchprog\"]",
+            "ENTRYPOINT [\"nosuchprog\"]",
             "the agent program `nosuchprog` is not on the image's PATH",
+        ),
+        (
+            "COPY agent.sh /agent.sh\nENTRYPOINT [\"/agent.sh\"]",
+            "the agent program `/agent.sh` is not executable in the image",
         ),
     ];
     for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
         if !runtime_available(kind, "containers_missing_program_exits_2") {
             continue;
         }
-        for (entrypoint, expected) in cases {
+        for (instructions, expected) in cases {
             let package = dir.path().join("missing");
             fs::create_dir_all(&package).expect("creating the package folder");
+            // A script without the executable mode, for the third case.
+            fs::write(package.join("agent.sh"), "echo\n").expect("writing the script");
             fs::write(
                 package.join("Dockerfile"),
-                format!("FROM agentrun-busybox:latest\nENTRYPOINT {entrypoint}\n"),
+                format!("FROM agentrun-busybox:latest\n{instructions}\n"),
             )
             .expect("writing the Dockerfile");
 

@@ -93,53 +93,115 @@ impl ExecutorError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable { .. } | Self::NotCompiled { .. })
     }
+
     /// Turns a [`ExecutorError::Runtime`] error in which the OCI runtime reports that it cannot
     /// execute the container's program into [`ExecutorError::InvalidPackage`] for `image`,
     /// naming the program. Returns every other error unchanged.
     ///
     /// runc writes such a fault as `exec: "PROGRAM": CAUSE`, where the cause is `stat …: no
     /// such file or directory`, `executable file not found in $PATH` or `permission denied`.
-    /// Docker reports it when the container starts and Podman when it is attached.
+    /// Docker reports it when the container starts and Podman when it is attached. Under an
+    /// init process the init reports it instead, see [`init_exec_fault`].
     pub fn into_agent_start_fault(self, image: &str) -> Self {
         let Self::Runtime { message, .. } = &self else {
             return self;
         };
-        match agent_start_fault(message) {
-            Some(reason) => Self::InvalidPackage {
+        match runc_exec_fault(message) {
+            Some((program, fault)) => Self::InvalidPackage {
                 path: std::path::PathBuf::from(image),
-                reason,
+                reason: fault.reason(Some(program)),
             },
             None => self,
         }
     }
 }
 
-/// Reads runc's `exec: "PROGRAM": CAUSE` from a runtime message and returns the reason to
-/// report, or `None` when the message is about something else.
-fn agent_start_fault(message: &str) -> Option<String> {
+/// The reason a container's program could not be executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExecFault {
+    /// No file at the program's path.
+    NotFound,
+    /// A program name without `/` that no folder of the image's `PATH` contains.
+    NotOnPath,
+    /// The file is there but not executable.
+    NotExecutable,
+}
+
+impl ExecFault {
+    /// Returns the reason of an [`ExecutorError::InvalidPackage`] for this fault, naming
+    /// `program` when it is known.
+    pub fn reason(self, program: Option<&str>) -> String {
+        let program = match program {
+            Some(program) => format!("the agent program `{program}`"),
+            None => "the agent program of the ENTRYPOINT or CMD".to_owned(),
+        };
+        match self {
+            Self::NotFound => format!(
+                "{program} is not in the image: fix the path in the ENTRYPOINT or CMD, or add \
+                 the program to the image"
+            ),
+            Self::NotOnPath => format!(
+                "{program} is not on the image's PATH: write its absolute path in the \
+                 ENTRYPOINT or CMD, or install it in the image"
+            ),
+            Self::NotExecutable => format!(
+                "{program} is not executable in the image: set its mode with `chmod +x` before \
+                 packaging, or start it through an interpreter such as `sh`"
+            ),
+        }
+    }
+}
+
+/// Reads runc's `exec: "PROGRAM": CAUSE` from a runtime message, or `None` when the message is
+/// about something else.
+fn runc_exec_fault(message: &str) -> Option<(&str, ExecFault)> {
     const MARKER: &str = "exec: \"";
     let start = message.find(MARKER)? + MARKER.len();
     let (program, rest) = message[start..].split_once('"')?;
     let cause = rest.strip_prefix(": ")?;
 
-    if cause.starts_with("stat ") && cause.contains("no such file or directory") {
-        Some(format!(
-            "the agent program `{program}` is not in the image: fix the path in the \
-             ENTRYPOINT or CMD, or add the program to the image"
-        ))
+    let fault = if cause.starts_with("stat ") && cause.contains("no such file or directory") {
+        ExecFault::NotFound
     } else if cause.starts_with("executable file not found in $PATH") {
-        Some(format!(
-            "the agent program `{program}` is not on the image's PATH: write its absolute \
-             path in the ENTRYPOINT or CMD, or install it in the image"
-        ))
+        ExecFault::NotOnPath
     } else if cause.starts_with("permission denied") {
-        Some(format!(
-            "the agent program `{program}` is not executable in the image: set its mode with \
-             `chmod +x` before packaging, or start it through an interpreter such as `sh`"
-        ))
+        ExecFault::NotExecutable
     } else {
-        None
-    }
+        return None;
+    };
+    Some((program, fault))
+}
+
+/// Reads the message that a container's init process writes to stderr when it cannot execute
+/// the agent, and returns the program (when the message names it) and the fault. Returns
+/// `None` for any other stderr.
+///
+/// tini (Docker's `docker-init`) writes `[FATAL tini (PID)] exec PROGRAM failed: CAUSE` and
+/// exits 127 or 126. catatonit (Podman's default init) writes `ERROR (catatonit:PID): failed
+/// to exec pid1: CAUSE` and exits 1, without the program.
+pub fn init_exec_fault(stderr: &str) -> Option<(Option<String>, ExecFault)> {
+    let line = stderr.lines().next()?;
+    let (program, cause) = if let Some(rest) = line.strip_prefix("[FATAL tini (") {
+        let rest = rest.split_once(")] exec ")?.1;
+        let (program, cause) = rest.rsplit_once(" failed: ")?;
+        (Some(program.to_owned()), cause)
+    } else if line.starts_with("ERROR (catatonit:") {
+        let cause = line.split_once("): failed to exec pid1: ")?.1;
+        (None, cause)
+    } else {
+        return None;
+    };
+
+    let fault = match cause.trim() {
+        "No such file or directory" => match &program {
+            Some(program) if !program.contains('/') => ExecFault::NotOnPath,
+            _ => ExecFault::NotFound,
+        },
+        "Permission denied" => ExecFault::NotExecutable,
+        _ => return None,
+    };
+    Some((program, fault))
 }
 
 #[cfg(test)]
@@ -210,6 +272,49 @@ mod tests {
         );
         assert!(reason(error.into_agent_start_fault("agentrun/x:1"))
             .starts_with("the agent program `/a` is not executable in the image"));
+    }
+
+    #[test]
+    fn init_fault_from_tini_and_catatonit() {
+        assert_eq!(
+            init_exec_fault(
+                "[FATAL tini (7)] exec /nonexistent failed: No such file or directory\n"
+            ),
+            Some((Some("/nonexistent".to_owned()), ExecFault::NotFound))
+        );
+        assert_eq!(
+            init_exec_fault("[FATAL tini (7)] exec nosuchprog failed: No such file or directory\n"),
+            Some((Some("nosuchprog".to_owned()), ExecFault::NotOnPath))
+        );
+        assert_eq!(
+            init_exec_fault("[FATAL tini (7)] exec /a failed: Permission denied\n"),
+            Some((Some("/a".to_owned()), ExecFault::NotExecutable))
+        );
+        assert_eq!(
+            init_exec_fault(
+                "ERROR (catatonit:6): failed to exec pid1: Permission denied\nError: read \
+                 unixpacket: connection reset by peer\n"
+            ),
+            Some((None, ExecFault::NotExecutable))
+        );
+        assert_eq!(
+            init_exec_fault("ERROR (catatonit:6): failed to exec pid1: No such file or directory"),
+            Some((None, ExecFault::NotFound))
+        );
+        assert_eq!(
+            init_exec_fault("exec /a: no such file or directory\n"),
+            None
+        );
+        assert_eq!(
+            init_exec_fault("[FATAL tini (7)] exec /a failed: Out of memory"),
+            None
+        );
+        assert_eq!(init_exec_fault(""), None);
+        assert_eq!(
+            ExecFault::NotFound.reason(None),
+            "the agent program of the ENTRYPOINT or CMD is not in the image: fix the path in \
+             the ENTRYPOINT or CMD, or add the program to the image"
+        );
     }
 
     #[test]

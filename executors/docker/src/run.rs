@@ -8,9 +8,9 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use agentrun_executor::{
-    deadline_label, CancellationToken, ExecutorError, ExitStatus, JobEnd, JobOutcome, JobSpec,
-    Limits, OutputCapture, Prepared, Target, LABEL_AGENT_ID, LABEL_DEADLINE, LABEL_ENGINE,
-    LABEL_INTEGRATION, LABEL_JOB_ID,
+    deadline_label, init_exec_fault, CancellationToken, ExecutorError, ExitStatus, JobEnd,
+    JobOutcome, JobSpec, Limits, OutputCapture, Prepared, Target, LABEL_AGENT_ID, LABEL_DEADLINE,
+    LABEL_ENGINE, LABEL_INTEGRATION, LABEL_JOB_ID,
 };
 use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::errors::Error as BollardError;
@@ -93,6 +93,20 @@ async fn run_in_span(
 
     let (end, exit, capture) = result?;
     let (stdout, stderr_tail, stderr_total_bytes) = capture.finish();
+    if executor.config.init && end == JobEnd::Exited && !exit.success() && stdout.is_empty() {
+        // The init could not execute the agent: a fault of the package, as when runc reports
+        // it without an init.
+        if let Some((program, fault)) = init_exec_fault(&String::from_utf8_lossy(&stderr_tail)) {
+            let image = match &prepared.target {
+                Target::Image { reference } => reference.clone(),
+                _ => String::new(),
+            };
+            return Err(ExecutorError::InvalidPackage {
+                path: image.into(),
+                reason: fault.reason(program.as_deref()),
+            });
+        }
+    }
     debug!(
         exit_code = exit.code(),
         end = ?end,

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentrun_executor::{
-    deadline_label, CancellationToken, ExecutorError, ExitStatus, JobEnd, JobOutcome, JobSpec,
-    OutputCapture, Prepared, Target, LABEL_AGENT_ID, LABEL_DEADLINE, LABEL_ENGINE,
-    LABEL_INTEGRATION, LABEL_JOB_ID,
+    deadline_label, init_exec_fault, CancellationToken, ExecFault, ExecutorError, ExitStatus,
+    JobEnd, JobOutcome, JobSpec, OutputCapture, Prepared, Target, LABEL_AGENT_ID, LABEL_DEADLINE,
+    LABEL_ENGINE, LABEL_INTEGRATION, LABEL_JOB_ID,
 };
 use podman_api::opts::ContainerDeleteOpts;
 use tokio::io::AsyncWriteExt;
@@ -108,6 +108,31 @@ pub(crate) async fn run(
         let ran = ran.map_err(|error| error.into_agent_start_fault(reference))?;
 
         let outcome = finish(ran, capture, started_at, started);
+        if executor.config.init
+            && outcome.end == JobEnd::Exited
+            && !outcome.exit.success()
+            && outcome.stdout.is_empty()
+        {
+            // The init could not execute the agent: a fault of the package, as when runc
+            // reports it without an init.
+            if let Some((program, fault)) = init_exec_fault(&outcome.stderr_text()) {
+                let program = match program {
+                    Some(program) => Some(program),
+                    None => image_program(&connection, reference).await,
+                };
+                // A name without `/` is looked up in PATH, so "not found" means not on it.
+                let fault = match (&program, fault) {
+                    (Some(program), ExecFault::NotFound) if !program.contains('/') => {
+                        ExecFault::NotOnPath
+                    }
+                    (_, fault) => fault,
+                };
+                return Err(ExecutorError::InvalidPackage {
+                    path: reference.into(),
+                    reason: fault.reason(program.as_deref()),
+                });
+            }
+        }
         info!(
             exit_code = outcome.exit.code(),
             end = ?outcome.end,
@@ -120,6 +145,26 @@ pub(crate) async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Returns the program that the image's ENTRYPOINT (else its CMD) starts, or `None` when the
+/// image cannot be inspected. catatonit, Podman's init, does not name it when it fails.
+async fn image_program(connection: &Connection, image: &str) -> Option<String> {
+    let data = match connection.podman.images().get(image).inspect().await {
+        Ok(data) => data,
+        Err(error) => {
+            debug!(error = %error, image, "inspecting the image for its program failed");
+            return None;
+        }
+    };
+    let config = data.config?;
+    let entrypoint = config.entrypoint.unwrap_or_default();
+    let command = if entrypoint.is_empty() {
+        config.cmd.unwrap_or_default()
+    } else {
+        entrypoint
+    };
+    command.into_iter().next()
 }
 
 /// The result of running a job's container.

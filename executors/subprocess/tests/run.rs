@@ -713,10 +713,7 @@ async fn recover_and_sweep_kill_agents_of_killed_engine() {
     }
     assert!(!state.path().join("run/32.job").exists());
     for pid in &kept_pids {
-        assert!(
-            is_alive(*pid),
-            "sweep killed process {pid} of kept job 33"
-        );
+        assert!(is_alive(*pid), "sweep killed process {pid} of kept job 33");
     }
 
     tokio::time::timeout(TEST_TIMEOUT, next.sweep(&[]))
