@@ -1236,6 +1236,144 @@ fn remove_containers(kind: ExecutorKind, ids: &[String]) {
     );
 }
 
+/// SIGTERM during a build stops it for real: `agentrun build` exits 3 and leaves no `RUN`
+/// process, no Podman working container and no private Podman service folder behind.
+#[test]
+fn interrupted_build_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("slow-build");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    // A sleep length no other test uses, to find the step's process.
+    let step = format!("sleep {}", 1000 + std::process::id() % 1000);
+    fs::write(
+        package.join("Dockerfile"),
+        format!("FROM agentrun-busybox:latest\nRUN {step}\nENTRYPOINT [\"/bin/true\"]\n"),
+    )
+    .expect("writing the Dockerfile");
+
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "interrupted_build_leaves_nothing") {
+            continue;
+        }
+        let working_before = podman_working_containers();
+        let mut child = agentrun(&["build", "--executor", kind.as_str()])
+            .arg(&package)
+            .spawn();
+        let started = Instant::now();
+        while processes_running(&step).is_empty() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{kind}: agentrun exited ({status}) before the RUN step started");
+            }
+            assert!(
+                started.elapsed() < CLI_TIMEOUT,
+                "{kind}: the RUN step did not start"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+
+        // What this build made: its private Podman service folder and working container.
+        let service_dirs = service_dirs_of(child.id());
+        let working: Vec<String> = podman_working_containers()
+            .into_iter()
+            .filter(|id| !working_before.contains(id))
+            .collect();
+        if kind == ExecutorKind::Podman {
+            assert_eq!(service_dirs.len(), 1, "{kind}: {service_dirs:?}");
+        }
+
+        // SAFETY: kill has no memory effects, and the pid is that of a child not yet waited
+        // for, so it cannot name another process.
+        let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(result, 0, "sending SIGTERM to agentrun failed");
+        let status = wait_with_deadline(&mut child, CLI_TIMEOUT)
+            .unwrap_or_else(|| panic!("{kind}: agentrun did not exit after SIGTERM"));
+        assert_eq!(status.code(), Some(3), "{kind}: exit status");
+
+        // The runtime ends the step's process shortly after the build request is gone.
+        let stopped = Instant::now();
+        while !processes_running(&step).is_empty() && stopped.elapsed() < Duration::from_secs(30) {
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            processes_running(&step),
+            Vec::<u32>::new(),
+            "{kind}: RUN step left"
+        );
+        let working_now = podman_working_containers();
+        let left: Vec<&String> = working
+            .iter()
+            .filter(|id| working_now.contains(id))
+            .collect();
+        assert_eq!(
+            left,
+            Vec::<&String>::new(),
+            "{kind}: working container left"
+        );
+        for dir in service_dirs {
+            assert!(!dir.exists(), "{kind}: {} left", dir.display());
+        }
+    }
+}
+
+/// Returns the pids of processes whose command line is `command`.
+fn processes_running(command: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| command_line(*pid) == command)
+        .collect()
+}
+
+/// Returns the parent pid of a process, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The parent is the second field after the command name, which is in parentheses.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Returns the ids of Podman's external (buildah working) containers.
+fn podman_working_containers() -> Vec<String> {
+    let output = Command::new("podman")
+        .args(["ps", "--all", "--external", "--quiet"])
+        .output();
+    match output {
+        Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Returns the folders of the private `podman system service` processes that `parent`
+/// started, read from their socket argument (`unix:///tmp/agentrun-podman-XXXX/podman.sock`).
+fn service_dirs_of(parent: u32) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| parent_of(*pid) == Some(parent))
+        .filter_map(|pid| {
+            let line = command_line(pid);
+            let socket = line
+                .split(' ')
+                .find_map(|word| word.strip_prefix("unix://"))?;
+            Some(Path::new(socket).parent()?.to_path_buf())
+        })
+        .filter(|dir| dir.to_string_lossy().contains("agentrun-podman-"))
+        .collect()
+}
+
 /// An empty instance name is rejected before anything runs.
 #[test]
 fn empty_instance_exits_2() {

@@ -250,22 +250,55 @@ async fn connect_dispatcher(target: &TargetArgs) -> Result<Dispatcher, Error> {
 /// interrupted run kills its agent (and removes its container) before the process exits.
 fn cancel_on_interrupt(cancel: CancellationToken) -> AbortOnDrop {
     let task = tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = terminate => {}
-        }
+        interrupted().await;
         tracing::warn!("interrupted: cancelling the job");
         cancel.cancel();
     });
     AbortOnDrop(task)
+}
+
+/// Returns when the process gets Ctrl-C (SIGINT) or SIGTERM.
+async fn interrupted() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// Maximum wait, after an interrupt, for a build that [`Executor::stop_builds`] stopped to end
+/// and clean up.
+///
+/// [`Executor::stop_builds`]: agentrun_executor::Executor::stop_builds
+const STOPPED_BUILD_WAIT: Duration = Duration::from_secs(30);
+
+/// Prepares the package, or stops its build on Ctrl-C or SIGTERM and returns
+/// [`Error::Interrupted`]. Where the backend stops builds for real (Podman's private service),
+/// this waits for the stopped build to end, so that it removes what it left. Elsewhere it only
+/// drops the request, which Docker takes as a cancel.
+async fn prepare_or_interrupt(
+    dispatcher: &Dispatcher,
+    integration: &crate::dispatcher::Integration,
+) -> Result<agentrun_executor::Prepared, Error> {
+    let prepare = dispatcher.prepare(integration);
+    tokio::pin!(prepare);
+    tokio::select! {
+        result = &mut prepare => return result,
+        () = interrupted() => {}
+    }
+    tracing::warn!("interrupted: stopping the build");
+    if dispatcher.executor().stop_builds() {
+        // The outcome no longer matters: the command ends as interrupted either way.
+        let _ = tokio::time::timeout(STOPPED_BUILD_WAIT, &mut prepare).await;
+    }
+    Err(Error::Interrupted)
 }
 
 /// Aborts a background task when dropped.

@@ -188,6 +188,15 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         Ok(Vec::new())
     }
 
+    /// Stops the image builds in progress where dropping the [`prepare`](Executor::prepare)
+    /// future does not stop them, and returns true when it did: each running prepare then
+    /// ends soon with an error, after the runtime removed what the build left. Returns false
+    /// when dropping the future is all a caller can do. The command line calls this when it is
+    /// interrupted during a prepare. The default returns false.
+    fn stop_builds(&self) -> bool {
+        false
+    }
+
     /// Removes the containers of any engine instance whose [`LABEL_DEADLINE`] is more than
     /// [`EXPIRED_AFTER`] past, and returns their ids. Unlike [`sweep`](Executor::sweep) it
     /// never touches a container that may still be in use, so a command-line run can call it

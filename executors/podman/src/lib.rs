@@ -299,6 +299,26 @@ impl Executor for PodmanExecutor {
         recover::sweep_expired(self).await
     }
 
+    /// Kills every process below the private Podman service, which during a build are its
+    /// `RUN` steps: Podman does not stop a build whose client went away, but a killed step
+    /// fails the build, which then removes its working container. Returns false on a socket
+    /// the executor found, whose processes may belong to other users.
+    fn stop_builds(&self) -> bool {
+        match self.service_pid() {
+            Some(pid) => {
+                let killed = service::kill_descendants(pid);
+                tracing::info!(
+                    executor = EXECUTOR,
+                    pid,
+                    killed,
+                    "stopped the builds of the private podman service"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn release(&self, prepared: &Prepared) -> Result<(), ExecutorError> {
         prepare::release(self, prepared).await
     }
