@@ -182,6 +182,9 @@ fn drop_excess_unknown(manifest: &Manifest, values: &mut Vec<(String, String)>) 
 
 /// Waits until job `id` has a final state, at most `wait`, or until the service stops, and
 /// returns its record as it is then.
+///
+/// The record is read again when the wait ends without the job's end, because the job may have
+/// started meanwhile and the caller must not report the state it had before the wait.
 async fn wait_for_end(
     service: &Service,
     id: u64,
@@ -190,29 +193,32 @@ async fn wait_for_end(
 ) -> Result<JobRecord, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let job = service
-            .store()
-            .job(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("job", id))?;
+        let job = read_job(service, id).await?;
         if job.state.is_final() {
             return Ok(job);
         }
         loop {
             let event = tokio::select! {
                 event = tokio::time::timeout_at(deadline, finished.recv()) => event,
-                () = service.stopping.cancelled() => return Ok(job),
+                () = service.stopping.cancelled() => return read_job(service, id).await,
             };
             match event {
-                Err(_) => return Ok(job),
+                Err(_) | Ok(Err(RecvError::Closed)) => return read_job(service, id).await,
                 Ok(Ok(finished_id)) if finished_id == id => break,
                 Ok(Ok(_)) => {}
                 // Missed notifications: read the store again.
                 Ok(Err(RecvError::Lagged(_))) => break,
-                Ok(Err(RecvError::Closed)) => return Ok(job),
             }
         }
     }
+}
+
+async fn read_job(service: &Service, id: u64) -> Result<JobRecord, ApiError> {
+    service
+        .store()
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", id))
 }
 
 fn parse_job_id(id: &str) -> Result<u64, ApiError> {
