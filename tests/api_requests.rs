@@ -5,8 +5,7 @@
 mod harness;
 
 use harness::{
-    shell_manifest, shell_package, wait_integration_ready, wait_job_running, Client,
-    ServiceProcess,
+    shell_manifest, shell_package, wait_integration_ready, wait_job_running, Client, ServiceProcess,
 };
 use serde_json::{json, Value};
 
@@ -65,4 +64,131 @@ async fn wait_timeout_returns_current_record() {
     wait_job_running(&client, job_id).await;
     let cancelled = client.delete(&format!("/v1/jobs/{job_id}")).await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.text());
+}
+
+/// A key given twice in a job's `values` or in an env patch gets 422 naming the key, instead
+/// of the last value silently winning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_get_422() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+    let agent_id = register_shell(&client, dir.path(), "Twice").await;
+
+    let body = br#"{"values": {"sleep": "1", "sleep": "2"}}"#.to_vec();
+    let response = client
+        .request(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs"),
+            Some("application/json"),
+            body,
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let error = response.json();
+    assert_eq!(error["error"], "invalid_values", "{error}");
+    assert_eq!(error["errors"][0]["field"], "sleep", "{error}");
+    assert_eq!(error["errors"][0]["rule"], "duplicate", "{error}");
+
+    let body = br#"{"TOKEN": "first-value", "TOKEN": "second-value"}"#.to_vec();
+    let response = client
+        .request(
+            "PATCH",
+            &format!("/v1/integrations/{agent_id}/env"),
+            Some("application/merge-patch+json"),
+            body,
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let error = response.json();
+    assert_eq!(error["error"], "invalid_env", "{error}");
+    assert_eq!(error["errors"][0]["field"], "TOKEN", "{error}");
+    assert_eq!(error["errors"][0]["rule"], "duplicate", "{error}");
+    assert!(
+        !response.text().contains("-value"),
+        "the error echoes an env value: {}",
+        response.text()
+    );
+
+    let shown = client.get(&format!("/v1/integrations/{agent_id}")).await;
+    assert_eq!(shown.json()["env"], json!([]), "{}", shown.text());
+}
+
+/// `GET /v1/jobs?integration=` with an agentID or name that no integration or job has gets
+/// 404; a known name, and a deleted integration with jobs, still list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_filter_unknown_integration_is_404() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+
+    for filter in ["nosuch", "6f0f4a2e-1d5b-4c4e-9a43-5f2b8b8f0c11"] {
+        let response = client.get(&format!("/v1/jobs?integration={filter}")).await;
+        assert_eq!(response.status, 404, "{filter}: {}", response.text());
+        let error = response.json();
+        assert_eq!(error["error"], "not_found", "{error}");
+        assert!(
+            error["message"].as_str().unwrap_or("").contains(filter),
+            "{error}"
+        );
+    }
+
+    let agent_id = register_shell(&client, dir.path(), "Listed").await;
+    let response = client.get("/v1/jobs?integration=Listed").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["jobs"], json!([]));
+
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs?wait=true"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let deleted = client.delete(&format!("/v1/integrations/{agent_id}")).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    let response = client
+        .get(&format!("/v1/jobs?integration={agent_id}"))
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.json()["jobs"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        response.text()
+    );
+}
+
+/// The `Authorization` scheme is matched regardless of case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_scheme_ignores_case() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port();
+    let token = format!("token-{}", uuid::Uuid::new_v4().simple());
+    let config = format!("{SUBPROCESS}[listen]\ntcp = \"127.0.0.1:{port}\"\ntoken = \"{token}\"\n");
+    let mut service = ServiceProcess::start(dir.path(), &config, &[]);
+    service.wait_ready().await;
+    let tcp = Client::new(harness::Address::Tcp(format!("127.0.0.1:{port}")));
+
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let mut client = tcp.clone();
+        client
+            .headers
+            .push(("authorization".to_owned(), format!("{scheme} {token}")));
+        let response = client.get("/v1/integrations").await;
+        assert_eq!(response.status, 200, "{scheme}: {}", response.text());
+    }
+    let mut client = tcp.clone();
+    client
+        .headers
+        .push(("authorization".to_owned(), format!("Basic {token}")));
+    let response = client.get("/v1/integrations").await;
+    assert_eq!(response.status, 401, "{}", response.text());
 }

@@ -586,6 +586,29 @@ async fn delete_cancels_queued_jobs() {
         .is_none());
 }
 
+/// An agentID is known while its integration exists, and afterwards through its jobs.
+#[tokio::test]
+async fn knows_agent_through_integration_or_jobs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), &key());
+    ready(&store, "a").await;
+    ready(&store, "b").await;
+    store.insert_job(new_job(1, "a"), 10).await.expect("insert");
+    store
+        .delete_integration(agent_id_for("a"))
+        .await
+        .expect("delete")
+        .expect("existed");
+
+    let known = |name: &'static str| {
+        let store = store.clone();
+        async move { store.knows_agent(agent_id_for(name)).await.expect("query") }
+    };
+    assert!(known("a").await, "deleted, with a job");
+    assert!(known("b").await, "registered, without jobs");
+    assert!(!known("c").await, "never registered");
+}
+
 #[tokio::test]
 async fn counts_group_by_integration_and_state() {
     let dir = tempfile::tempdir().expect("temp dir");

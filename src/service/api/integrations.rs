@@ -1,6 +1,6 @@
 //! Handlers for `/v1/integrations`, `/v1/actions`, forms and health.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
-use super::extract::{context_object, ApiJson};
+use super::extract::{context_object, ApiJson, JsonMembers};
 use super::multipart;
 use super::views::{HealthView, IntegrationView};
 use crate::forms::{self, Context};
@@ -216,14 +216,24 @@ pub(crate) async fn delete(
 pub(crate) async fn update_env(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
-    ApiJson(patch): ApiJson<serde_json::Map<String, Value>>,
+    ApiJson(patch): ApiJson<JsonMembers>,
 ) -> Result<Response, ApiError> {
     let agent_id = parse_agent_id(&id)?;
-    let mut changes = Vec::with_capacity(patch.len());
+    let mut changes = Vec::with_capacity(patch.0.len());
     let mut problems = Vec::new();
     let mut problem_count = 0;
-    for (key, value) in patch {
-        match env_change(key, value) {
+    let mut seen = HashSet::with_capacity(patch.0.len());
+    for (key, value) in patch.0 {
+        let change = if seen.insert(key.clone()) {
+            env_change(key, value)
+        } else {
+            Err(FieldError {
+                message: format!("env variable {key:?} is given twice; give each variable once"),
+                field: key,
+                rule: Some("duplicate".to_owned()),
+            })
+        };
+        match change {
             Ok(change) => changes.push(change),
             Err(problem) => {
                 problem_count += 1;

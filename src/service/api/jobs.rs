@@ -14,7 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
-use super::extract::{context_object, ApiJson};
+use super::extract::{context_object, ApiJson, JsonMembers};
 use super::integrations::parse_agent_id;
 use super::views::JobView;
 use crate::forms::{self, Context};
@@ -36,9 +36,10 @@ const CANCEL_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitBody {
-    /// Field values by name.
+    /// Field values by name, in the order given. A name given twice is kept twice, so that
+    /// the form check rejects it.
     #[serde(default)]
-    values: serde_json::Map<String, serde_json::Value>,
+    values: JsonMembers,
     /// The UI context, with the CLI's keys.
     #[serde(default, deserialize_with = "context_object")]
     context: Context,
@@ -88,10 +89,10 @@ pub(crate) async fn submit(
     check_accepts_jobs(&record)?;
 
     // Values must be strings; everything else is reported per field like a broken rule.
-    let mut values = Vec::with_capacity(body.values.len());
+    let mut values = Vec::with_capacity(body.values.0.len());
     let mut problems = Vec::new();
     let mut problem_count = 0;
-    for (name, value) in body.values {
+    for (name, value) in body.values.0 {
         match value {
             serde_json::Value::String(text) => values.push((name, text)),
             _ => {
@@ -257,10 +258,17 @@ pub(crate) async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|rejection| query_error(&rejection))?;
-    let agent_id = query
-        .integration
-        .filter(|text| !text.is_empty())
-        .map(|text| Uuid::parse_str(&text).unwrap_or_else(|_| agent_id_for(&text)));
+    let integration = query.integration.filter(|text| !text.is_empty());
+    let agent_id = match &integration {
+        Some(text) => {
+            let agent_id = Uuid::parse_str(text).unwrap_or_else(|_| agent_id_for(text));
+            if !service.store().knows_agent(agent_id).await? {
+                return Err(ApiError::not_found("integration", format!("{text:?}")));
+            }
+            Some(agent_id)
+        }
+        None => None,
+    };
     let state = match query.state.filter(|text| !text.is_empty()) {
         Some(text) => Some(JobState::parse(&text).ok_or_else(|| {
             let allowed: Vec<&str> = JobState::ALL.iter().map(|state| state.as_str()).collect();

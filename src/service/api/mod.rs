@@ -120,8 +120,7 @@ async fn check_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         Some(given) if !expected.is_empty() && constant_time_eq(given, expected) => {
             next.run(request).await
@@ -139,6 +138,13 @@ async fn check_token(
         )
         .into_response(),
     }
+}
+
+/// Returns the token of an `Authorization: Bearer <token>` value. The scheme is matched
+/// regardless of case, because HTTP authentication schemes are case-insensitive (RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Compares two strings in time that depends on their lengths only.
@@ -287,6 +293,7 @@ async fn serve_connections<L: Acceptor>(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let mut rejected: u64 = 0;
+    let mut backoff = AcceptBackoff::default();
 
     loop {
         let accepted = tokio::select! {
@@ -294,11 +301,18 @@ async fn serve_connections<L: Acceptor>(
             () = stop.cancelled() => break,
         };
         let stream = match accepted {
-            Ok(stream) => stream,
+            Ok(stream) => {
+                backoff.succeeded(name);
+                stream
+            }
             Err(error) => {
-                // Typically EMFILE; waiting lets open connections end before the next accept.
-                tracing::error!(listener = name, error = %error, "accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Typically EMFILE or ENFILE: waiting lets open connections end and free file
+                // descriptors before the next accept, instead of failing in a busy loop.
+                let delay = backoff.failed(name, &error, std::time::Instant::now());
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => break,
+                }
                 continue;
             }
         };
@@ -327,6 +341,80 @@ async fn serve_connections<L: Acceptor>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Delay before the first retry of a failed accept.
+const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Maximum delay between retries of a failed accept.
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Minimum time between two log lines about failing accepts on one listener.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Retry delays and rate-limited logging for a listener whose accepts fail.
+///
+/// When the process runs out of file descriptors, every accept fails at once until a
+/// connection closes. The delay doubles from [`ACCEPT_RETRY_FIRST`] up to [`ACCEPT_RETRY_MAX`],
+/// and one line per [`ACCEPT_LOG_INTERVAL`] reports the failures, so the loop neither spins
+/// nor floods the log.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// Failures since the last successful accept.
+    failures: u64,
+    /// Failures not yet reported in a log line.
+    unlogged: u64,
+    /// When the last log line was written.
+    last_logged: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    /// Records a failed accept, logs it unless a line was written recently, and returns the
+    /// delay before the next accept.
+    fn failed(
+        &mut self,
+        listener: &'static str,
+        error: &std::io::Error,
+        now: std::time::Instant,
+    ) -> Duration {
+        self.failures += 1;
+        self.unlogged += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|last| now.duration_since(last) >= ACCEPT_LOG_INTERVAL);
+        if due {
+            tracing::error!(
+                listener,
+                error = %error,
+                failures = self.unlogged,
+                "accepting a connection failed; retrying with a delay (the process may have run \
+                 out of file descriptors: raise LimitNOFILE or lower api.max_connections)"
+            );
+            self.unlogged = 0;
+            self.last_logged = Some(now);
+        }
+        self.delay()
+    }
+
+    /// Records a successful accept; logs the recovery after failures.
+    fn succeeded(&mut self, listener: &'static str) {
+        if self.failures > 0 {
+            tracing::info!(
+                listener,
+                failures = self.failures,
+                "accepting connections again"
+            );
+        }
+        *self = Self::default();
+    }
+
+    /// Returns the delay after the current number of failures.
+    fn delay(&self) -> Duration {
+        let doublings = u32::try_from(self.failures.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(16);
+        ACCEPT_RETRY_FIRST
+            .saturating_mul(1 << doublings)
+            .min(ACCEPT_RETRY_MAX)
+    }
 }
 
 /// Binds the configured listeners and starts serving.
@@ -399,4 +487,61 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServiceError> {
         .map_err(listen_error)?;
     std::fs::rename(&temporary, path).map_err(listen_error)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_ignores_case() {
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc ", "Bearer\tabc"] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_token_needs_bearer_scheme() {
+        for value in ["Basic abc", "Bearerabc", "abc", ""] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
+
+    /// Delays double from 100 ms to at most 1 s, and a success starts over.
+    #[test]
+    fn accept_backoff_doubles_up_to_max() {
+        let mut backoff = AcceptBackoff::default();
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let now = std::time::Instant::now();
+        let delays: Vec<u128> = (0..6)
+            .map(|_| backoff.failed("test", &error, now).as_millis())
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+
+        backoff.succeeded("test");
+        assert_eq!(backoff.failed("test", &error, now).as_millis(), 100);
+    }
+
+    /// One line per interval reports the failures since the previous line.
+    #[test]
+    fn accept_backoff_logs_once_per_interval() {
+        let mut backoff = AcceptBackoff::default();
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let start = std::time::Instant::now();
+
+        backoff.failed("test", &error, start);
+        assert_eq!(backoff.last_logged, Some(start));
+        assert_eq!(backoff.unlogged, 0);
+
+        for _ in 0..5 {
+            backoff.failed("test", &error, start + Duration::from_secs(1));
+        }
+        assert_eq!(backoff.last_logged, Some(start));
+        assert_eq!(backoff.unlogged, 5);
+
+        let later = start + ACCEPT_LOG_INTERVAL;
+        backoff.failed("test", &error, later);
+        assert_eq!(backoff.last_logged, Some(later));
+        assert_eq!(backoff.unlogged, 0);
+    }
 }
