@@ -7,7 +7,8 @@ use crate::service::{self, ServiceError};
 use super::ServeArgs;
 
 /// Runs `agentrun serve`. Exit status: 0 after a clean stop (SIGTERM or SIGINT), 2 for an
-/// invalid configuration, 4 when the executor or the service's own files are unavailable.
+/// invalid configuration (a data folder that another service uses included), 4 when the
+/// executor or the service's own files are unavailable.
 pub async fn serve(args: ServeArgs) -> Exit {
     let config = match Config::load(args.config) {
         Ok(config) => config,
@@ -38,7 +39,9 @@ pub async fn serve(args: ServeArgs) -> Exit {
             tracing::error!(error = %text, "the service could not start");
             eprintln!("error: {text}");
             match error {
-                ServiceError::Config(_) => Exit::InvalidInput,
+                ServiceError::Config(_)
+                | ServiceError::DataDirLocked { .. }
+                | ServiceError::NotASocket { .. } => Exit::InvalidInput,
                 _ => Exit::ExecutorUnavailable,
             }
         }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
 use super::extract::{context_object, ApiJson, JsonMembers};
 use super::multipart;
+use super::reject_when_stopping;
 use super::views::{HealthView, IntegrationView};
 use crate::forms::{self, Context};
 use crate::manifest::{is_env_name, Section, SectionElement};
@@ -55,6 +56,7 @@ pub(crate) async fn register(
     State(service): State<Arc<Service>>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let upload = read_upload(&service, request).await?;
     let record = integrations::register(&service, upload).await?;
     Ok(created(&record))
@@ -66,6 +68,7 @@ pub(crate) async fn replace_package(
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let agent_id = parse_agent_id(&id)?;
     let upload = read_upload(&service, request).await?;
     let record = integrations::replace(&service, agent_id, upload).await?;
@@ -206,6 +209,7 @@ pub(crate) async fn delete(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let agent_id = parse_agent_id(&id)?;
     let record = integrations::delete(&service, agent_id).await?;
     Ok(Json(IntegrationView::from(&record)).into_response())
@@ -218,6 +222,7 @@ pub(crate) async fn update_env(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<JsonMembers>,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let agent_id = parse_agent_id(&id)?;
     let mut changes = Vec::with_capacity(patch.0.len());
     let mut problems = Vec::new();
@@ -534,6 +539,7 @@ pub(crate) async fn describe(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let record = load(&service, &id).await?;
     if record.state != BuildState::Ready {
         return Err(ApiError::conflict(format!(

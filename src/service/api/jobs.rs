@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
 use super::extract::{context_object, ApiJson, JsonMembers};
 use super::integrations::parse_agent_id;
+use super::reject_when_stopping;
 use super::views::JobView;
 use crate::forms::{self, Context};
 use crate::manifest::Manifest;
@@ -79,6 +80,7 @@ pub(crate) async fn submit(
     query: Result<Query<SubmitQuery>, QueryRejection>,
     ApiJson(body): ApiJson<SubmitBody>,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let Query(query) = query.map_err(|rejection| query_error(&rejection))?;
     let agent_id = parse_agent_id(&id)?;
     let record = service

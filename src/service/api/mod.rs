@@ -14,7 +14,7 @@ mod jobs;
 mod multipart;
 mod views;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,6 +159,20 @@ fn constant_time_eq(left: &str, right: &str) -> bool {
         == 0
 }
 
+/// Rejects a request that would start work or change an integration once the service is
+/// stopping, with 503. Reads go on being served until the running jobs have ended.
+pub(crate) fn reject_when_stopping(service: &Service) -> Result<(), ApiError> {
+    if service.stopping.is_cancelled() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the service is stopping and accepts no new jobs or changes; retry once it runs \
+             again",
+        ));
+    }
+    Ok(())
+}
+
 async fn healthz(State(service): State<Arc<Service>>) -> Response {
     if service.stopping.is_cancelled() {
         return (
@@ -227,6 +241,8 @@ async fn method_not_allowed(request: Request) -> ApiError {
 pub(crate) struct Servers {
     stop: CancellationToken,
     handles: Vec<tokio::task::JoinHandle<()>>,
+    /// The Unix socket file, removed by [`Servers::finish`].
+    socket: Option<SocketFile>,
 }
 
 impl Servers {
@@ -236,13 +252,16 @@ impl Servers {
     }
 
     /// Waits for the servers and their connections to end, at most `timeout`, then drops what
-    /// is left.
+    /// is left and removes the Unix socket file that [`listen`] created.
     pub(crate) async fn finish(self, timeout: Duration) {
         for handle in self.handles {
             let abort = handle.abort_handle();
             if tokio::time::timeout(timeout, handle).await.is_err() {
                 abort.abort();
             }
+        }
+        if let Some(socket) = &self.socket {
+            socket.remove();
         }
     }
 }
@@ -424,8 +443,10 @@ pub(crate) async fn listen(service: &Arc<Service>) -> Result<Servers, ServiceErr
     let config = &service.config.listen;
     let api = service.config.api.clone();
 
+    let mut socket = None;
     if !config.unix.as_os_str().is_empty() {
-        let listener = bind_unix(&config.unix)?;
+        let (listener, file) = bind_unix(&config.unix)?;
+        socket = Some(file);
         let app = router(Arc::clone(service), false);
         handles.push(tokio::spawn(serve_connections(
             listener,
@@ -437,12 +458,23 @@ pub(crate) async fn listen(service: &Arc<Service>) -> Result<Servers, ServiceErr
     }
 
     if let Some(address) = config.tcp {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|source| ServiceError::Listen {
-                address: address.to_string(),
-                source,
-            })?;
+        let listener = match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => listener,
+            Err(source) => {
+                stop.cancel();
+                Servers {
+                    stop,
+                    handles,
+                    socket,
+                }
+                .finish(Duration::from_secs(5))
+                .await;
+                return Err(ServiceError::Listen {
+                    address: address.to_string(),
+                    source,
+                });
+            }
+        };
         let app = router(Arc::clone(service), true);
         handles.push(tokio::spawn(serve_connections(
             listener,
@@ -452,15 +484,20 @@ pub(crate) async fn listen(service: &Arc<Service>) -> Result<Servers, ServiceErr
             "tcp",
         )));
     }
-    Ok(Servers { stop, handles })
+    Ok(Servers {
+        stop,
+        handles,
+        socket,
+    })
 }
 
 /// Binds the Unix socket with mode 0660.
 ///
 /// The socket is bound under a temporary name, given its mode and then renamed into place, so
 /// no client can connect while it still has the mode the umask gave it. A stale socket file of
-/// a previous process is replaced; a socket that still accepts connections is an error.
-fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServiceError> {
+/// a previous process is replaced. A socket that still accepts connections, and a file that is
+/// not a socket, are errors.
+fn bind_unix(path: &Path) -> Result<(tokio::net::UnixListener, SocketFile), ServiceError> {
     let listen_error = |source| ServiceError::Listen {
         address: path.display().to_string(),
         source,
@@ -470,6 +507,15 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServiceError> {
         .filter(|parent| !parent.as_os_str().is_empty())
     {
         std::fs::create_dir_all(parent).map_err(listen_error)?;
+    }
+    // Only a socket may be replaced: any other file at the path is someone's data.
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if !metadata.file_type().is_socket() => {
+            return Err(ServiceError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        _ => {}
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(listen_error(std::io::Error::new(
@@ -486,7 +532,41 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServiceError> {
     std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o660))
         .map_err(listen_error)?;
     std::fs::rename(&temporary, path).map_err(listen_error)?;
-    Ok(listener)
+    let identity = std::fs::symlink_metadata(path)
+        .map(|metadata| SocketFile {
+            path: path.to_owned(),
+            device: metadata.dev(),
+            inode: metadata.ino(),
+        })
+        .map_err(listen_error)?;
+    Ok((listener, identity))
+}
+
+/// The socket file this process bound, identified by device and inode so that shutdown never
+/// removes a file that another process put at the same path meanwhile.
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    path: std::path::PathBuf,
+    device: u64,
+    inode: u64,
+}
+
+impl SocketFile {
+    /// Removes the socket file, unless the path now names another file.
+    fn remove(&self) {
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|metadata| {
+            metadata.file_type().is_socket()
+                && metadata.dev() == self.device
+                && metadata.ino() == self.inode
+        });
+        if !ours {
+            tracing::debug!(socket = %self.path.display(), "the socket path names another file now; it is left in place");
+            return;
+        }
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(socket = %self.path.display(), error = %error, "removing the socket failed");
+        }
+    }
 }
 
 #[cfg(test)]
