@@ -340,7 +340,7 @@ impl Store {
     /// # Errors
     ///
     /// Database failures.
-    pub async fn knows_agent(&self, agent_id: Uuid) -> Result<bool, StoreError> {
+    pub async fn is_agent_recorded(&self, agent_id: Uuid) -> Result<bool, StoreError> {
         self.call(move |connection, _| {
             connection
                 .query_row(

@@ -586,9 +586,9 @@ async fn delete_cancels_queued_jobs() {
         .is_none());
 }
 
-/// An agentID is known while its integration exists, and afterwards through its jobs.
+/// An agentID is recorded while its integration exists, and afterwards through its jobs.
 #[tokio::test]
-async fn knows_agent_through_integration_or_jobs() {
+async fn agent_recorded_by_integration_or_jobs() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path(), &key());
     ready(&store, "a").await;
@@ -600,13 +600,18 @@ async fn knows_agent_through_integration_or_jobs() {
         .expect("delete")
         .expect("existed");
 
-    let known = |name: &'static str| {
+    let recorded = |name: &'static str| {
         let store = store.clone();
-        async move { store.knows_agent(agent_id_for(name)).await.expect("query") }
+        async move {
+            store
+                .is_agent_recorded(agent_id_for(name))
+                .await
+                .expect("query")
+        }
     };
-    assert!(known("a").await, "deleted, with a job");
-    assert!(known("b").await, "registered, without jobs");
-    assert!(!known("c").await, "never registered");
+    assert!(recorded("a").await, "deleted, with a job");
+    assert!(recorded("b").await, "registered, without jobs");
+    assert!(!recorded("c").await, "never registered");
 }
 
 #[tokio::test]

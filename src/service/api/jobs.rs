@@ -264,7 +264,7 @@ pub(crate) async fn list(
     let agent_id = match &integration {
         Some(text) => {
             let agent_id = Uuid::parse_str(text).unwrap_or_else(|_| agent_id_for(text));
-            if !service.store().knows_agent(agent_id).await? {
+            if !service.store().is_agent_recorded(agent_id).await? {
                 return Err(ApiError::not_found("integration", format!("{text:?}")));
             }
             Some(agent_id)
