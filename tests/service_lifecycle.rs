@@ -1,10 +1,13 @@
 //! Start-up and shutdown of `agentrun serve` on the subprocess executor: the data folder's
 //! lock, the Unix socket file, and the drain after SIGTERM.
 
+mod common;
 #[path = "common/service.rs"]
 mod harness;
 
 use std::time::Duration;
+
+use agentrun::backends::ExecutorKind;
 
 use harness::{
     shell_manifest, shell_package, wait_integration_ready, wait_job_running, Client, ServiceProcess,
@@ -189,4 +192,89 @@ async fn drain_serves_reads() {
     let status = service.wait_exit(Duration::from_secs(60)).await;
     assert_eq!(status.code(), Some(0), "{}", service.logs());
     assert!(!service.socket.exists(), "the socket file was left behind");
+}
+
+/// Deletes an integration while its job runs and registers the same package under the same
+/// name at once; after the deleted one's cleanup, the new registration still runs jobs.
+async fn delete_then_register_again(config: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut service = ServiceProcess::start(dir.path(), config, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+    let agent_id = register_shell(&client, dir.path(), "Sleeper").await;
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs"),
+            &json!({ "values": { "sleep": "300" } }),
+        )
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let job_id = response.json()["job_id"].as_u64().expect("job_id");
+    wait_job_running(&client, job_id).await;
+
+    let deleted = client.delete(&format!("/v1/integrations/{agent_id}")).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    let again = register_shell(&client, dir.path(), "Sleeper").await;
+    assert_eq!(again, agent_id);
+    harness::wait_for(
+        "the deleted integration's cleanup",
+        Duration::from_secs(60),
+        || async {
+            service
+                .logs()
+                .contains("the deleted integration's package is registered again")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let shown = client
+        .get(&format!("/v1/integrations/{agent_id}"))
+        .await
+        .json();
+    assert_eq!(shown["state"], "ready", "{shown}");
+    let digest = shown["digest"].as_str().expect("digest");
+    let folder = dir
+        .path()
+        .join("data/packages")
+        .join(&agent_id)
+        .join(digest);
+    assert!(
+        folder.join("agent.sh").is_file(),
+        "{} is gone",
+        folder.display()
+    );
+    let response = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/jobs?wait=true"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["state"], "succeeded", "{}", response.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_then_register_on_subprocess() {
+    delete_then_register_again(SUBPROCESS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_then_register_on_docker() {
+    let available = tokio::task::spawn_blocking(|| {
+        common::runtimes::runtime_available(ExecutorKind::Docker, "delete_then_register_on_docker")
+    })
+    .await
+    .expect("the runtime probe does not panic unless Docker is required");
+    if !available {
+        return;
+    }
+    let instance = format!("agentrun-test-{}", uuid::Uuid::new_v4().simple());
+    let config = format!(
+        "executor = \"docker\"\n[health]\ninterval_secs = 0\n[docker]\ninstance = \"{instance}\"\n\
+         network = \"none\"\n"
+    );
+    delete_then_register_again(&config).await;
 }

@@ -150,8 +150,9 @@ pub(crate) async fn replace(
     Ok(record)
 }
 
-/// Deletes an integration: cancels its queued and running jobs, frees its image and removes
-/// its package folders once its jobs have ended.
+/// Deletes an integration: cancels its queued and running jobs, and once they have ended
+/// frees its image and removes its package folder, unless a new integration of the same name
+/// uses them by then.
 pub(crate) async fn delete(
     service: &Arc<Service>,
     agent_id: Uuid,
@@ -160,39 +161,76 @@ pub(crate) async fn delete(
     let Some((record, cancelled_queued)) = service.store.delete_integration(agent_id).await? else {
         return Err(ApiError::not_found("integration", agent_id));
     };
-    let cancelled_running = service
+    let running = service
         .pool
         .cancel_integration(agent_id, CancelReason::IntegrationDeleted);
     tracing::info!(
         agent_id = %agent_id,
         name = %record.name,
         cancelled_queued,
-        cancelled_running,
+        cancelled_running = running.len(),
         "integration deleted"
     );
 
     let service_for_cleanup = Arc::clone(service);
-    let prepared = record.prepared.clone();
+    let deleted = record.clone();
     service.tasks.spawn(async move {
         let service = service_for_cleanup;
         let grace = std::time::Duration::from_secs(service.config.shutdown_grace_secs.max(10));
-        if !service.pool.wait_idle(Some(agent_id), grace).await {
+        if !service.pool.wait_ended(&running, grace).await {
             tracing::warn!(agent_id = %agent_id, "jobs of the deleted integration are still running; its files stay until the next start");
             return;
         }
-        if let Some(prepared) = prepared {
-            if let Err(error) = service.executor().release(&prepared).await {
-                tracing::warn!(agent_id = %agent_id, error = %error, "freeing the deleted integration's image failed");
-            }
-        }
-        let folder = service.config.packages_dir().join(agent_id.to_string());
-        if let Err(error) = tokio::fs::remove_dir_all(&folder).await {
-            if error.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(folder = %folder.display(), error = %error, "removing the deleted integration's package failed");
-            }
-        }
+        remove_deleted_files(&service, &deleted).await;
     });
     Ok(record)
+}
+
+/// Frees a deleted integration's image and removes its package folders.
+///
+/// Runs under [`Service::integration_lock`], like registration: the agentID derives from the
+/// name, so an integration registered again under the same name uses the same package folder
+/// and, for the same package, the same image. That integration's folder is kept, and so is the
+/// image when it has the deleted one's digest.
+async fn remove_deleted_files(service: &Service, deleted: &IntegrationRecord) {
+    let _guard = service.integration_lock.lock().await;
+    let agent_id = deleted.agent_id;
+    let successor = match service.store.integration(agent_id).await {
+        Ok(successor) => successor,
+        Err(error) => {
+            tracing::warn!(agent_id = %agent_id, error = %error, "reading the integrations failed; the deleted integration's files stay until the next start");
+            return;
+        }
+    };
+
+    let image_in_use = successor
+        .as_ref()
+        .is_some_and(|successor| successor.digest == deleted.digest);
+    if image_in_use {
+        tracing::info!(agent_id = %agent_id, digest = %deleted.digest, "the deleted integration's package is registered again; its image and folder are kept");
+    } else if let Some(prepared) = &deleted.prepared {
+        if let Err(error) = service.executor().release(prepared).await {
+            tracing::warn!(agent_id = %agent_id, error = %error, "freeing the deleted integration's image failed");
+        }
+    }
+
+    // Every package folder of the agentID belonged to the deleted integration, replaced ones
+    // included, except the one of a new integration of the same name.
+    let folder = service.config.packages_dir().join(agent_id.to_string());
+    let keep = successor.map(|successor| successor.package_root);
+    let target = folder.clone();
+    let removed =
+        tokio::task::spawn_blocking(move || remove_agent_folder(&target, keep.as_deref()))
+            .await
+            .unwrap_or_else(|error| Err(std::io::Error::other(error)));
+    match removed {
+        Ok(()) => {
+            tracing::info!(agent_id = %agent_id, "the deleted integration's package folders are removed")
+        }
+        Err(error) => {
+            tracing::warn!(folder = %folder.display(), error = %error, "removing the deleted integration's package failed")
+        }
+    }
 }
 
 /// Removes package folders that no integration uses, such as uploads a previous process did
@@ -427,6 +465,23 @@ fn remove_folders_except(packages: &Path, keep: &[PathBuf]) -> std::io::Result<(
             if !keep.contains(&version) {
                 std::fs::remove_dir_all(&version)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Removes an agentID's package folder, or with `keep`, every version in it except `keep`.
+fn remove_agent_folder(folder: &Path, keep: Option<&Path>) -> std::io::Result<()> {
+    let Some(keep) = keep else {
+        return match std::fs::remove_dir_all(folder) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            result => result,
+        };
+    };
+    for version in std::fs::read_dir(folder)? {
+        let version = version?.path();
+        if version != keep {
+            std::fs::remove_dir_all(&version)?;
         }
     }
     Ok(())
