@@ -8,8 +8,16 @@
 #   - both runtimes have the images `python:3.11-slim` (Debian bookworm minbase with python3)
 #     and `agentrun-busybox:latest` (FROM scratch with a static busybox), built without a registry.
 #
-# Usage: sudo .ci/runtimes.sh        (prints `export DOCKER_HOST=…` for the caller to eval)
+# Usage, as root:  eval "$(.ci/runtimes.sh)"   (prints `export DOCKER_HOST=…` for eval)
+# From an account with sudo:  eval "$(sudo .ci/runtimes.sh)"
 set -euo pipefail
+
+# Installing packages and starting dockerd need root. Failing here, loudly, keeps
+# `eval "$(…)"` from going on with an empty DOCKER_HOST and tests that quietly skip.
+if ((EUID != 0)); then
+  printf 'runtimes: run this script as root (or with sudo): it installs packages and starts dockerd\n' >&2
+  exit 1
+fi
 
 state_dir=${AGENTRUN_CI_STATE:-/var/lib/agentrun-ci}
 run_dir=/run/agentrun-ci

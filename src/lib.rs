@@ -20,5 +20,7 @@ pub mod package;
 pub mod protocol;
 pub mod service;
 pub mod store;
+mod suggest;
+pub mod warning;
 
 pub use agentrun_executor as executor;

@@ -1,6 +1,6 @@
 //! The `agentrun` binary: parses arguments, sets up logging and runs one subcommand.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -21,7 +21,11 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: starting the async runtime failed: {error}");
+            // A closed stderr leaves nowhere to report the error, and `eprintln!` would panic.
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: starting the async runtime failed: {error}"
+            );
             return ExitCode::from(4);
         }
     };

@@ -62,6 +62,65 @@ async fn slack_end_to_end_on_subprocess() {
     harness::slack_end_to_end(SUBPROCESS).await;
 }
 
+/// The form route and a job's result report a keyword without a value with the same warning
+/// object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_and_job_warnings_share_shape() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+
+    let mut manifest = shell_manifest("Warnings");
+    manifest["fields"]
+        .as_array_mut()
+        .expect("fields")
+        .push(json!({ "name": "who", "value": "SIFT-USER-NAME" }));
+    let zip = shell_package(&dir.path().join("package"));
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    manifest.to_string().into_bytes(),
+                ),
+                ("package", "application/zip", zip),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let agent_id = response.json()["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+    wait_integration_ready(&client, &agent_id).await;
+
+    let expected = json!([{
+        "kind": "missing_keyword",
+        "field": "who",
+        "keyword": "SIFT-USER-NAME",
+        "variable": null,
+        "message": "field \"who\": SIFT-USER-NAME has no value in the context and was replaced \
+                    by an empty string",
+    }]);
+    let form = client
+        .json(
+            "POST",
+            &format!("/v1/integrations/{agent_id}/form"),
+            &json!({ "context": {} }),
+        )
+        .await;
+    assert_eq!(form.status, 200, "{}", form.text());
+    assert_eq!(form.json()["warnings"], expected);
+
+    let job_id = submit(&client, &agent_id, json!({})).await;
+    let job = wait_job_final(&client, job_id, Duration::from_secs(120)).await;
+    assert_eq!(job["result"]["warnings"], expected, "{job}");
+}
+
 /// Invalid input gets 422 with one entry per problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_gets_422() {
@@ -132,11 +191,16 @@ async fn invalid_input_gets_422() {
         .await;
     assert_eq!(response.status, 422, "{}", response.text());
 
-    // A manifest with two problems lists both.
+    // A manifest with four problems lists them all: an unknown key does not hide the others,
+    // and a prefill without keywords must obey its own field's rules.
     let bad_manifest = json!({
         "name": "Broken",
+        "colour": "red",
         "section": "sidebar",
-        "fields": [{ "name": "x", "ui_element": "slider" }]
+        "fields": [
+            { "name": "x", "ui_element": "slider" },
+            { "name": "ticket", "value": "T-1", "regex": "TCK-[0-9]{4}" }
+        ]
     });
     let response = client
         .multipart(
@@ -161,8 +225,21 @@ async fn invalid_input_gets_422() {
         .iter()
         .filter_map(|error| error["field"].as_str())
         .collect();
-    assert!(paths.contains(&"section"), "{body}");
-    assert!(paths.contains(&"fields[0].ui_element"), "{body}");
+    assert_eq!(
+        paths,
+        [
+            "colour",
+            "section",
+            "fields[0].ui_element",
+            "fields[1].value"
+        ],
+        "{body}"
+    );
+    assert_eq!(
+        body["errors"][3]["message"],
+        "prefill \"T-1\" does not match the regex TCK-[0-9]{4} as a whole; change the prefill \
+         or the field's rules"
+    );
 
     // No manifest part and no integration.toml in the package.
     let bare = dir.path().join("bare");

@@ -31,6 +31,68 @@ const TRICKY_MESSAGE: &str = "Report \"Q3\" by O'Brien:\n\tpath C:\\temp\\x\nGr�
 
 // ---- Subprocess: output and the examples -------------------------------------------------------
 
+/// Asserts that a run whose output stream was closed ended with `code` and without the panic
+/// that `println!` raises on a broken pipe.
+#[track_caller]
+fn assert_quiet_exit(output: &Output, code: i32, what: &str) {
+    assert_eq!(
+        output.code,
+        Some(code),
+        "{what}: unexpected exit status\nstdout:\n{}\nstderr:\n{}",
+        output.stdout,
+        output.stderr
+    );
+    assert!(
+        !output.stderr.contains("panicked") && !output.stderr.contains("Broken pipe"),
+        "{what}: stderr:\n{}",
+        output.stderr
+    );
+}
+
+/// Every command that prints results ends normally when its reader has closed stdout, as
+/// `agentrun check pkg | head -1` does.
+#[test]
+fn closed_stdout_exits_quietly() {
+    let echo = example("echo");
+    let cases: [(&[&str], i32); 10] = [
+        (&["check"], 0),
+        (&["check", "--json"], 0),
+        (&["run", "--set", "message=hi"], 0),
+        (&["run", "--json", "--set", "message=hi"], 0),
+        (&["describe"], 0),
+        (&["describe", "--json"], 0),
+        (&["build"], 0),
+        (&["build", "--json"], 0),
+        (&["--help"], 0),
+        (&["--version"], 0),
+    ];
+    for (args, code) in cases {
+        let mut command = agentrun(args).closed_stdout();
+        if !args[0].starts_with("--") {
+            command = command.arg(&echo);
+        }
+        let output = command.run();
+        assert_quiet_exit(&output, code, &args.join(" "));
+    }
+}
+
+/// Errors and warnings on a closed stderr do not turn an invalid package into a panic.
+#[test]
+fn closed_stderr_keeps_exit_status() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = bad_package(dir.path());
+
+    let output = agentrun(&["check"]).arg(&package).closed_stderr().run();
+    assert_eq!(output.code, Some(2), "stdout:\n{}", output.stdout);
+
+    let output = agentrun(&["run"])
+        .arg(example("echo"))
+        .closed_stderr()
+        .run();
+    assert_eq!(output.code, Some(0), "stdout:\n{}", output.stdout);
+    assert_eq!(output.stdout, "Hello from \n");
+}
+
 /// `run examples/echo` prints the popup message, with the context filled into the prefill.
 #[test]
 fn run_echo_prints_reply() {
@@ -97,6 +159,107 @@ fn run_echo_warns_missing_keyword() {
     );
 }
 
+/// A `selected-node` given as JSON fills the node id, display name and type keywords.
+#[test]
+fn run_selected_node_fills_keywords() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"message\"\n\
+                    value = \"SIFT-SELECTED-NODE-TYPE SIFT-SELECTED-NODE-ID (SIFT-SELECTED-NODE-DISPLAY-NAME)\"\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["run"])
+        .arg(&package)
+        .args([
+            "--context",
+            r#"selected-node={"id": 7, "displayName": "Host A", "type": "ip"}"#,
+        ])
+        .run();
+
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "ip 7 (Host A)\n");
+    assert_eq!(output.stderr, "");
+}
+
+/// An `--env` name the manifest's `[env]` does not declare gets a warning on stderr and in the
+/// `--json` result, with the same fields as a keyword warning; the job still runs.
+#[test]
+fn run_warns_undeclared_env() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"message\"\n\
+                    value = \"hi SIFT-USER-NAME\"\n\n\
+                    [env]\n\
+                    TICKET_TOKEN = \"\"\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["run", "--json"])
+        .arg(&package)
+        .args([
+            "--env",
+            "TICKET_TOKN=secret-value",
+            "--env",
+            "TICKET_TOKEN=t",
+        ])
+        .run();
+
+    output.assert_exit(0);
+    let message = "env variable TICKET_TOKN is not declared in the manifest's [env], so the agent \
+                   may ignore it; did you mean TICKET_TOKEN?";
+    assert_contains(&output.stderr, &format!("warning: {message}"));
+    assert!(
+        !output.stderr.contains("secret-value"),
+        "env value on stderr: {}",
+        output.stderr
+    );
+    let result = output.stdout_json();
+    assert_eq!(
+        result["warnings"],
+        json!([
+            {
+                "kind": "missing_keyword",
+                "field": "message",
+                "keyword": "SIFT-USER-NAME",
+                "variable": null,
+                "message": "field \"message\": SIFT-USER-NAME has no value in the context and \
+                            was replaced by an empty string",
+            },
+            {
+                "kind": "undeclared_env",
+                "field": null,
+                "keyword": null,
+                "variable": "TICKET_TOKN",
+                "message": message,
+            },
+        ])
+    );
+
+    // `describe` warns the same way.
+    let output = agentrun(&["describe"])
+        .arg(&package)
+        .args(["--env", "TICKET_TOKN=secret-value"])
+        .run();
+    output.assert_exit(0);
+    assert_contains(&output.stderr, &format!("warning: {message}"));
+}
+
+/// A timeout outside 1 to 86400 seconds is rejected, as the manifest and the service reject it.
+#[test]
+fn timeout_out_of_range_exits_2() {
+    for timeout in ["0.5", "86401"] {
+        let output = agentrun(&["run"])
+            .arg(example("echo"))
+            .args(["--timeout", timeout])
+            .run();
+
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            &format!("invalid timeout \"{timeout}\": expected 1 to 86400 seconds"),
+        );
+    }
+}
+
 /// `describe` on the subprocess executor reports a heartbeat.
 #[test]
 fn describe_echo_healthy() {
@@ -104,6 +267,105 @@ fn describe_echo_healthy() {
 
     output.assert_exit(0);
     assert_contains(&output.stdout, "Echo is healthy: heartbeat in ");
+}
+
+/// `--network` cannot apply to a subprocess, so the CLI warns instead of ignoring it.
+#[test]
+fn network_with_subprocess_warns() {
+    let output = agentrun(&["describe", "--network", "none"])
+        .arg(example("echo"))
+        .run();
+
+    output.assert_exit(0);
+    assert_contains(
+        &output.stderr,
+        "warning: --network none has no effect on the subprocess executor",
+    );
+    assert_contains(&output.stderr, "-x docker or -x podman");
+    assert_contains(&output.stdout, "Echo is healthy");
+}
+
+/// `check` of a zip shows the command with package-relative paths, since the folder it was
+/// unpacked into is removed when `check` ends.
+#[test]
+fn check_zip_shows_relative_command() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let mut entries = Vec::new();
+    for name in ["Dockerfile", "agent.py", "integration.toml"] {
+        let content = fs::read(example("echo").join(name)).expect("reading the echo example");
+        entries.push(ZipEntry::File(format!("echo/{name}"), content));
+    }
+    let archive = write_zip(&dir.path().join("echo.zip"), &entries);
+    let unpack_dir = empty_dir(&dir.path().join("tmp"));
+
+    let output = agentrun(&["check"])
+        .arg(&archive)
+        .env("TMPDIR", &unpack_dir)
+        .run();
+    output.assert_exit(0);
+    let command_line = output
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("  command:"))
+        .unwrap_or_else(|| panic!("no command line in:\n{}", output.stdout));
+    assert!(
+        command_line.ends_with(" ./agent.py"),
+        "command line: {command_line}"
+    );
+    assert!(!command_line.contains("agentrun-package"), "{command_line}");
+
+    let output = agentrun(&["check", "--json"])
+        .arg(&archive)
+        .env("TMPDIR", &unpack_dir)
+        .run();
+    output.assert_exit(0);
+    let argv = &output.stdout_json()["subprocess_command"];
+    assert_eq!(argv[1], "./agent.py", "subprocess_command: {argv}");
+    assert_empty_dir(&unpack_dir);
+}
+
+/// An agent that replies twice and then exits with a failure gets its last reply used, and
+/// both problems reported as warnings: on stderr, and in the `--json` result.
+#[test]
+fn run_warns_about_agent_misbehaviour() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("twice");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM agentrun-busybox:latest\nCOPY agent.sh /agent.sh\nENTRYPOINT [\"/bin/sh\", \"/agent.sh\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    fs::write(
+        package.join("agent.sh"),
+        "cat >/dev/null\n\
+         echo '{\"type\":\"info\",\"payload\":{\"message\":\"first\"}}'\n\
+         echo '{\"type\":\"info\",\"payload\":{\"message\":\"second\"}}'\n\
+         exit 3\n",
+    )
+    .expect("writing the agent");
+    let two_replies = "warning: the agent wrote 2 \"info\" replies and only the last one was used";
+    let exit_failure = "warning: the agent exited with exit code 3 after a valid reply";
+
+    let output = agentrun(&["run"]).arg(&package).run();
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "second\n");
+    assert_contains(&output.stderr, two_replies);
+    assert_contains(&output.stderr, exit_failure);
+    assert_eq!(
+        output.stderr.matches("the agent wrote 2").count(),
+        1,
+        "the warning is printed once:\n{}",
+        output.stderr
+    );
+
+    let output = agentrun(&["run", "--json"]).arg(&package).run();
+    output.assert_exit(0);
+    let result = output.stdout_json();
+    let warnings = result["warnings"].as_array().expect("warnings is a list");
+    assert_eq!(warnings.len(), 2, "warnings: {warnings:?}");
+    assert_eq!(result["exit_code"], 3);
+    assert_eq!(result["status"], "succeeded");
 }
 
 /// `check` accepts the examples and prints what it found.
@@ -190,6 +452,45 @@ fn run_slack_server_error_exits_1() {
     assert_slack_post(&webhook.next_request(), "/hook", "hello");
 }
 
+/// An invalid webhook URL, such as a placeholder with a non-ASCII ellipsis, is reported as
+/// such before any request: exit 1 with the reason.
+#[test]
+fn run_slack_invalid_url_exits_1() {
+    let cases = [
+        (
+            "https://hooks.slack.com/services/…",
+            "it contains the non-ASCII character '…' at position 33, so it is probably still a \
+             placeholder",
+        ),
+        (
+            "hooks.slack.com/services/T000",
+            "it is not an http:// or https:// URL with a host",
+        ),
+        (
+            "https://",
+            "it is not an http:// or https:// URL with a host",
+        ),
+    ];
+    for (url, reason) in cases {
+        let output = agentrun(&["run"])
+            .arg(example("slack"))
+            .args(["--set", "message=hello"])
+            .arg("--env")
+            .arg(format!("url={url}"))
+            .run();
+
+        output.assert_exit(1);
+        assert_eq!(
+            output.stdout,
+            format!(
+                "The Slack webhook URL in the environment variable `url` is invalid: {reason}. \
+                 Set it to your incoming-webhook URL.\n"
+            ),
+            "{url}"
+        );
+    }
+}
+
 // ---- Exit status 2: invalid input --------------------------------------------------------------
 
 /// A package path that does not exist is invalid input.
@@ -229,7 +530,7 @@ fn set_unknown_field_exits_2() {
     output.assert_exit(2);
     assert_contains(
         &output.stderr,
-        "unknown field \"colour\"; known fields: message",
+        "unknown field \"colour\" (\"red\"); known fields: message",
     );
 }
 
@@ -259,16 +560,66 @@ fn bad_manifest_lists_every_problem() {
     }
 }
 
-/// An unknown manifest key is rejected, naming the key and the allowed keys.
+/// An unknown manifest key is rejected with a suggestion, next to the manifest's other problems.
 #[test]
 fn manifest_unknown_key_exits_2() {
     let dir = tempfile::tempdir().expect("temporary folder");
-    let package = echo_with_manifest(dir.path(), "name = \"Echo\"\ncolour = \"red\"\n");
+    let package = echo_with_manifest(
+        dir.path(),
+        "name = \"Echo\"\nsection_elemnt = \"report\"\nsection = \"sidebar\"\n",
+    );
     let output = agentrun(&["run"]).arg(&package).run();
 
     output.assert_exit(2);
-    assert_contains(&output.stderr, "unknown field `colour`");
-    assert_contains(&output.stderr, "expected one of `name`");
+    assert_contains(
+        &output.stderr,
+        "section_elemnt: unknown key; did you mean \"section_element\"?",
+    );
+    assert_contains(
+        &output.stderr,
+        "section: unknown value \"sidebar\"; expected one of canvas, collaborate",
+    );
+}
+
+/// `check` rejects prefills without keywords that break their own field's rules, naming the
+/// field, the prefill and the rule.
+#[test]
+fn check_rejects_literal_prefills() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"ticket\"\n\
+                    value = \"T-1\"\n\
+                    regex = \"TCK-[0-9]{4}\"\n\n\
+                    [[fields]]\n\
+                    name = \"urgency\"\n\
+                    ui_element = \"select\"\n\
+                    options = [{ label = \"High\", value = \"high\" }, { value = \"low\" }]\n\
+                    value = \"urgent\"\n\n\
+                    [[fields]]\n\
+                    name = \"due\"\n\
+                    ui_element = \"date\"\n\
+                    value = \"tomorrow\"\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["check"]).arg(&package).run();
+
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "has 3 problems:");
+    assert_contains(
+        &output.stderr,
+        "fields[0].value (field \"ticket\"): prefill \"T-1\" does not match the regex \
+         TCK-[0-9]{4} as a whole",
+    );
+    assert_contains(
+        &output.stderr,
+        "fields[1].value (field \"urgency\"): prefill \"urgent\" is not one of the option \
+         values: high, low",
+    );
+    assert_contains(
+        &output.stderr,
+        "fields[2].value (field \"due\"): prefill \"tomorrow\" is not a date in the form \
+         YYYY-MM-DD",
+    );
 }
 
 /// `check` lists every problem of a bad package, the Dockerfile's included.
@@ -287,9 +638,101 @@ fn check_lists_every_problem() {
             BAD_MANIFEST_PROBLEMS.len() + 1
         ),
     );
-    assert_contains(&output.stderr, "Dockerfile has no ENTRYPOINT");
+    assert_contains(
+        &output.stderr,
+        "final stage (FROM python:3.11-slim on line 1) has no ENTRYPOINT or CMD that starts the \
+         agent",
+    );
     for problem in BAD_MANIFEST_PROBLEMS {
         assert_contains(&output.stderr, problem);
+    }
+    // The package is invalid on every backend, so no warning may claim that containers run it.
+    assert!(
+        !output.stderr.contains("Docker and Podman can"),
+        "{}",
+        output.stderr
+    );
+}
+
+/// Writes the echo example with `dockerfile` in place of its own, and returns the folder.
+fn echo_with_dockerfile(dir: &Path, dockerfile: &str) -> PathBuf {
+    let package = dir.join("echo");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    for name in ["agent.py", "integration.toml"] {
+        fs::copy(example("echo").join(name), package.join(name)).expect("copying the example");
+    }
+    fs::write(package.join("Dockerfile"), dockerfile).expect("writing the Dockerfile");
+    package
+}
+
+/// A Dockerfile with no ENTRYPOINT or CMD is invalid for `check`, `build` and `run` alike.
+#[test]
+fn dockerfile_without_agent_exits_2_everywhere() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\n",
+    );
+    let expected = "has no ENTRYPOINT or CMD that starts the agent";
+
+    let output = agentrun(&["check"]).arg(&package).run();
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "has 1 problem:");
+    assert_contains(&output.stderr, expected);
+    assert!(!output.stderr.contains("warning:"), "{}", output.stderr);
+
+    for command in ["build", "run"] {
+        let output = agentrun(&[command]).arg(&package).run();
+        output.assert_exit(2);
+        assert_contains(&output.stderr, expected);
+    }
+}
+
+/// A `CMD` names the agent as well as an `ENTRYPOINT` does, so `check` and `run` accept it.
+#[test]
+fn dockerfile_with_cmd_only_is_valid() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\nCMD [\"python3\", \"/app/agent.py\"]\n",
+    );
+
+    let output = agentrun(&["check"]).arg(&package).run();
+    output.assert_exit(0);
+    assert_contains(&output.stdout, "is valid");
+    assert_eq!(output.stderr, "");
+
+    let output = agentrun(&["run", "--set", "message=from CMD"])
+        .arg(&package)
+        .run();
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "from CMD\n");
+}
+
+/// An exec form with a missing comma is an error naming the fix, not a valid package with a
+/// warning that suggests a wrong one.
+#[test]
+fn dockerfile_missing_comma_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\nENTRYPOINT [\"python3\" \"/app/agent.py\"]\n",
+    );
+
+    for command in ["check", "run"] {
+        let output = agentrun(&[command]).arg(&package).run();
+
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            "ENTRYPOINT on line 3 is not a valid JSON array: expected `,` or `]` at character 12",
+        );
+        assert_contains(&output.stderr, "is a comma missing between two items?");
+        assert_contains(
+            &output.stderr,
+            "write it as `ENTRYPOINT [\"python3\", \"/app/agent.py\"]`",
+        );
+        assert!(!output.stderr.contains("[python3"), "{}", output.stderr);
     }
 }
 
@@ -310,7 +753,33 @@ fn select_value_not_in_options_exits_2() {
         .run();
 
     output.assert_exit(2);
-    assert_contains(&output.stderr, "field \"level\" must be one of: high, low");
+    assert_contains(
+        &output.stderr,
+        "field \"level\": \"medium\" is not one of the option values: high, low",
+    );
+}
+
+/// A select value that is an option's label is rejected with a hint naming the option's value.
+#[test]
+fn select_label_given_names_value() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = "name = \"Echo\"\n\n\
+                    [[fields]]\n\
+                    name = \"priority\"\n\
+                    ui_element = \"select\"\n\
+                    options = [{ label = \"High\", value = \"high\" }, { label = \"Low\", value = \"low\" }]\n";
+    let package = echo_with_manifest(dir.path(), manifest);
+    let output = agentrun(&["run"])
+        .arg(&package)
+        .args(["--set", "priority=High"])
+        .run();
+
+    output.assert_exit(2);
+    assert_contains(
+        &output.stderr,
+        "field \"priority\": \"High\" is not one of the option values: high, low; \"High\" is \
+         the label of option \"high\"",
+    );
 }
 
 /// A value that does not match the field's regex is rejected with its validation message.
@@ -324,7 +793,7 @@ fn regex_mismatch_shows_validation_message() {
     output.assert_exit(2);
     assert_contains(
         &output.stderr,
-        "field \"message\": Write a message to send to Slack.",
+        "field \"message\" (\"  \\n \"): Write a message to send to Slack.",
     );
 }
 
@@ -365,6 +834,31 @@ fn hanging_agent_times_out_exits_3() {
         &output.stderr,
         "agent did not finish within 1 s and was killed",
     );
+}
+
+/// Docker and Podman reject a Dockerfile without ENTRYPOINT or CMD before they build it, as
+/// the subprocess executor does, instead of running the base image's own command.
+#[test]
+fn containers_reject_dockerfile_without_agent() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\n",
+    );
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "containers_reject_dockerfile_without_agent") {
+            continue;
+        }
+        let output = agentrun(&["run", "--network", "none", "--executor", kind.as_str()])
+            .arg(&package)
+            .run();
+
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            "has no ENTRYPOINT or CMD that starts the agent",
+        );
+    }
 }
 
 /// A Docker engine that cannot be reached: exit 4, naming the address tried.
@@ -713,9 +1207,9 @@ fn started_service_pids(stderr: &str) -> Vec<u32> {
 const BAD_MANIFEST_PROBLEMS: [&str; 4] = [
     "section_element: unknown value \"report\" for section \"canvas\"; expected one of nodes, \
      edges, canvas",
-    "fields[0].options: missing; a select field needs at least one option",
+    "fields[0].options (field \"level\"): missing; a select field needs at least one option",
     "fields[1].name: duplicate name \"level\"; fields[0] already uses it",
-    "fields[1].regex: invalid regex \"(unclosed\"",
+    "fields[1].regex (field \"level\"): invalid regex \"(unclosed\"",
 ];
 
 /// Writes a package with a Dockerfile without ENTRYPOINT and a manifest that breaks four
@@ -895,6 +1389,19 @@ impl Agentrun {
         self
     }
 
+    /// Connects stdout to a pipe whose reading end is already closed, as `| head -0` leaves it:
+    /// every write to stdout fails with a broken pipe.
+    fn closed_stdout(mut self) -> Self {
+        self.0.stdout(closed_pipe());
+        self
+    }
+
+    /// Connects stderr to a pipe whose reading end is already closed.
+    fn closed_stderr(mut self) -> Self {
+        self.0.stderr(closed_pipe());
+        self
+    }
+
     /// Runs the binary to its end, killing it and failing the test after [`CLI_TIMEOUT`].
     fn run(mut self) -> Output {
         let mut child = self
@@ -919,6 +1426,13 @@ impl Agentrun {
             stderr,
         }
     }
+}
+
+/// Returns the writing end of a pipe whose reading end is closed.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Stdio::from(writer)
 }
 
 /// Reads a pipe to its end on a thread of its own, so that neither pipe can fill up and block

@@ -108,9 +108,10 @@ proptest! {
         let (output, warnings) = substituted(&text, &context);
         let (expected, missing) = reference_substitute(&text, &context);
         prop_assert_eq!(output, expected);
-        let keywords: Vec<&str> = warnings.iter().map(|warning| warning.keyword).collect();
+        let keywords: Vec<&str> =
+            warnings.iter().map(|warning| warning.keyword.unwrap_or_default()).collect();
         prop_assert_eq!(keywords, missing);
-        prop_assert!(warnings.iter().all(|warning| warning.field == "field"));
+        prop_assert!(warnings.iter().all(|warning| warning.field.as_deref() == Some("field")));
     }
 
     /// A value is inserted once and never searched again, even when it contains keyword text.
@@ -350,6 +351,7 @@ impl InfoSpec {
             url_label: self.url_label.clone(),
             timestamp: self.timestamp.map(|(timestamp, _)| timestamp),
             return_code,
+            ignored_replies: 0,
             raw: Value::Object(raw),
         }
     }

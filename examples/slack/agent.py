@@ -6,7 +6,8 @@ Protocol: one JSON message on stdin, one JSON reply on stdout.
 - work     -> posts {"text": <message field>} to the webhook URL in the
               environment variable `url`, then replies with an `info`
               message: return_code 0 when Slack accepted the post, 1 with
-              the reason otherwise.
+              the reason otherwise (including a missing or invalid URL,
+              which is reported before any request).
 
 Only the Python standard library is used, so the image needs nothing
 beyond python3. The body is built with json.dumps, so any message text
@@ -17,6 +18,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 AGENT = "slack"
@@ -38,6 +40,26 @@ def reply(job_id, message, return_code, url=None, url_label=None):
         "return_code": return_code,
     }))
     sys.stdout.flush()
+
+
+def webhook_problem(webhook):
+    """Return why `webhook` cannot be a webhook URL, or None when it can be one.
+
+    Checked before any request, so that a placeholder left in the manifest
+    is reported as such instead of as a network or encoding error.
+    """
+    for position, character in enumerate(webhook):
+        if not character.isascii():
+            return (f"it contains the non-ASCII character {character!r} at position "
+                    f"{position}, so it is probably still a placeholder")
+    try:
+        parts = urllib.parse.urlsplit(webhook)
+        host = parts.hostname
+    except ValueError as error:
+        return f"it cannot be parsed: {error}"
+    if parts.scheme not in ("http", "https") or not host:
+        return "it is not an http:// or https:// URL with a host"
+    return None
 
 
 def post(webhook, text):
@@ -80,6 +102,11 @@ def main():
     if not webhook:
         reply(job_id, "The Slack webhook URL is not set: set the environment variable `url` "
                       "to your incoming-webhook URL.", 1)
+        return 0
+    problem = webhook_problem(webhook)
+    if problem:
+        reply(job_id, f"The Slack webhook URL in the environment variable `url` is invalid: "
+                      f"{problem}. Set it to your incoming-webhook URL.", 1)
         return 0
     if not text:
         reply(job_id, "Nothing to send: the message field is empty.", 1)

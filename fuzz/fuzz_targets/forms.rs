@@ -199,7 +199,10 @@ fuzz_target!(|input: Input| {
     let warnings: Vec<(String, &str)> = prefilled
         .warnings
         .iter()
-        .map(|warning| (warning.field.clone(), warning.keyword))
+        .map(|warning| {
+            let field = warning.field.clone().unwrap_or_default();
+            (field, warning.keyword.unwrap_or_default())
+        })
         .collect();
     assert_eq!(warnings, expected_warnings);
 

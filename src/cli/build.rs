@@ -5,7 +5,7 @@ use std::time::Instant;
 use agentrun_executor::{Prepared, Target};
 use serde::Serialize;
 
-use super::output::{print_json, report_error};
+use super::output::{errln, outln, print_json, report_error};
 use super::{connect_dispatcher, load_package, BuildArgs};
 use crate::error::{Error, Exit};
 
@@ -39,15 +39,15 @@ pub async fn build(args: BuildArgs) -> Exit {
                 });
             } else {
                 match &prepared.target {
-                    Target::Image { reference } => println!("{reference}"),
-                    Target::Command { argv, .. } => println!("{}", shell_words::join(argv)),
+                    Target::Image { reference } => outln!("{reference}"),
+                    Target::Command { argv, .. } => outln!("{}", shell_words::join(argv)),
                 }
                 let how = if prepared.cache_hit {
                     "cache hit"
                 } else {
                     "prepared"
                 };
-                eprintln!("{how} in {duration_ms} ms");
+                errln!("{how} in {duration_ms} ms");
             }
             Exit::Success
         }

@@ -1,10 +1,12 @@
 //! `agentrun check`: validate a package without running it, and list every problem.
 
-use agentrun_executor::{Executor, Target};
+use std::path::Path;
+
+use agentrun_executor::{check_dockerfile, Executor, ExecutorError, Target};
 use agentrun_subprocess::SubprocessExecutor;
 use serde::Serialize;
 
-use super::output::{error_chain, print_json};
+use super::output::{errln, error_chain, outln, print_json};
 use super::CheckArgs;
 use crate::dispatcher::Integration;
 use crate::error::{exit_for, Error, Exit, Outcome};
@@ -22,7 +24,8 @@ struct CheckReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     digest: Option<String>,
     fields: Vec<String>,
-    /// The subprocess backend's command line, when the package can run on it.
+    /// The subprocess backend's command line, when the package can run on it. Package files
+    /// are relative to the package folder.
     #[serde(skip_serializing_if = "Option::is_none")]
     subprocess_command: Option<Vec<String>>,
     problems: Vec<String>,
@@ -56,11 +59,18 @@ async fn inspect(args: &CheckArgs) -> CheckReport {
     };
     report.digest = Some(package.digest().to_owned());
 
-    match entrypoint_problem(package.root()) {
-        Ok(None) => {}
-        Ok(Some(problem)) => report.problems.push(problem),
-        Err(error) => report.problems.push(error),
-    }
+    // The rule every backend applies before it prepares a package.
+    let dockerfile_valid = match check_dockerfile(package.root()) {
+        Ok(_) => true,
+        Err(ExecutorError::InvalidPackage { reason, .. }) => {
+            report.problems.push(reason);
+            false
+        }
+        Err(error) => {
+            report.problems.push(error_chain(&error));
+            false
+        }
+    };
 
     let manifest = match Manifest::load(package.root(), package.name_hint()) {
         Ok(manifest) => manifest,
@@ -93,82 +103,105 @@ async fn inspect(args: &CheckArgs) -> CheckReport {
 
     // The subprocess backend maps the Dockerfile back to package files. A package that only
     // builds in a container (a compiled agent, say) is still valid for Docker and Podman, so
-    // that is a warning unless the manifest asks for a subprocess command explicitly.
-    match subprocess_command(&integration).await {
-        Ok(argv) => report.subprocess_command = Some(argv),
-        Err(error) if has_run_command => report.problems.push(error_chain(&error)),
-        Err(error) => report.warnings.push(format!(
-            "the subprocess executor cannot run this package (Docker and Podman can): {}",
-            error_chain(&error)
-        )),
+    // that is a warning unless the manifest asks for a subprocess command explicitly. A
+    // Dockerfile that failed the check above fails here the same way, so it is not tried.
+    if dockerfile_valid {
+        match subprocess_command(&integration).await {
+            Ok(argv) => report.subprocess_command = Some(argv),
+            Err(error) if has_run_command => report.problems.push(error_chain(&error)),
+            Err(error) => report.warnings.push(format!(
+                "the subprocess executor cannot run this package (Docker and Podman can): {}",
+                error_chain(&error)
+            )),
+        }
     }
 
     report.valid = report.problems.is_empty();
     report
 }
 
+/// Returns the command line that the subprocess backend would start, with the paths of package
+/// files relative to the package folder (`./agent.py`). A zip is unpacked into a temporary
+/// folder that is gone once `check` ends, so absolute paths would name nothing.
 async fn subprocess_command(integration: &Integration) -> Result<Vec<String>, Error> {
     // Preparing on the subprocess backend only reads files and starts nothing.
     let prepared = SubprocessExecutor::default()
         .prepare(&integration.package_spec())
         .await?;
     match prepared.target {
-        Target::Command { argv, .. } => Ok(argv),
+        Target::Command { argv, working_dir } => Ok(argv
+            .iter()
+            .map(|argument| relative_to_package(argument, &working_dir))
+            .collect()),
         Target::Image { reference } => Ok(vec![reference]),
     }
 }
 
-/// Returns a problem when the Dockerfile names no agent: it has neither `ENTRYPOINT` nor `CMD`.
-fn entrypoint_problem(root: &std::path::Path) -> Result<Option<String>, String> {
-    let path = root.join("Dockerfile");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|error| format!("reading {} failed: {error}", path.display()))?;
-    let has_command = text.lines().any(|line| {
-        let word = line.split_whitespace().next().unwrap_or_default();
-        word.eq_ignore_ascii_case("ENTRYPOINT") || word.eq_ignore_ascii_case("CMD")
-    });
-    if has_command {
-        Ok(None)
-    } else {
-        Ok(Some(format!(
-            "{} has no ENTRYPOINT: add one in exec form that starts the agent, such as \
-             ENTRYPOINT [\"python3\", \"/app/agent.py\"]",
-            path.display()
-        )))
+/// Rewrites a path inside the package folder `root` as `./path`, and leaves anything else as
+/// it is.
+fn relative_to_package(argument: &str, root: &Path) -> String {
+    match Path::new(argument).strip_prefix(root) {
+        Ok(relative) if relative.as_os_str().is_empty() => ".".to_owned(),
+        Ok(relative) => format!("./{}", relative.display()),
+        Err(_) => argument.to_owned(),
     }
 }
 
 fn print_text(args: &CheckArgs, report: &CheckReport) {
     for warning in &report.warnings {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
     }
     if !report.valid {
-        eprintln!(
+        errln!(
             "error: {} has {} problem{}:",
             args.package.display(),
             report.problems.len(),
             if report.problems.len() == 1 { "" } else { "s" }
         );
         for problem in &report.problems {
-            eprintln!("  - {}", problem.replace('\n', "\n    "));
+            errln!("  - {}", problem.replace('\n', "\n    "));
         }
         return;
     }
 
-    println!("{} is valid", args.package.display());
+    outln!("{} is valid", args.package.display());
     if let Some(name) = &report.name {
-        println!("  name:     {name}");
+        outln!("  name:     {name}");
     }
     if let Some(agent_id) = &report.agent_id {
-        println!("  agentID:  {agent_id}");
+        outln!("  agentID:  {agent_id}");
     }
     if let Some(digest) = &report.digest {
-        println!("  digest:   {digest}");
+        outln!("  digest:   {digest}");
     }
     if !report.fields.is_empty() {
-        println!("  fields:   {}", report.fields.join(", "));
+        outln!("  fields:   {}", report.fields.join(", "));
     }
     if let Some(argv) = &report.subprocess_command {
-        println!("  command:  {}", shell_words::join(argv));
+        outln!("  command:  {}", shell_words::join(argv));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_to_package_rewrites_only_package_paths() {
+        let root = Path::new("/tmp/.agentrun-package-x");
+        assert_eq!(
+            relative_to_package("/tmp/.agentrun-package-x/app/agent.py", root),
+            "./app/agent.py"
+        );
+        assert_eq!(relative_to_package("/tmp/.agentrun-package-x", root), ".");
+        assert_eq!(
+            relative_to_package("/usr/bin/python3", root),
+            "/usr/bin/python3"
+        );
+        assert_eq!(
+            relative_to_package("/tmp/.agentrun-package-xy/agent.py", root),
+            "/tmp/.agentrun-package-xy/agent.py"
+        );
+        assert_eq!(relative_to_package("--verbose", root), "--verbose");
     }
 }

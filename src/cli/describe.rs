@@ -2,9 +2,9 @@
 
 use agentrun_executor::CancellationToken;
 
-use super::output::{print_json, report_error};
+use super::output::{errln, outln, print_json, print_warnings, report_error};
 use super::{connect_dispatcher, load_package, DescribeArgs};
-use crate::dispatcher::{merge_env, DescribeOptions, HealthReport};
+use crate::dispatcher::{merge_env, undeclared_env, DescribeOptions, HealthReport};
 use crate::error::{exit_for, Error, Exit, Outcome};
 
 /// Runs `agentrun describe` and returns its exit status.
@@ -14,10 +14,10 @@ pub async fn describe(args: DescribeArgs) -> Exit {
             if args.json {
                 print_json(&report);
             } else if report.healthy {
-                println!("{name} is healthy: heartbeat in {} ms", report.duration_ms);
+                outln!("{name} is healthy: heartbeat in {} ms", report.duration_ms);
             } else {
                 let error = report.error.as_deref().unwrap_or("no heartbeat");
-                eprintln!("error: {name} is unhealthy: {error}");
+                errln!("error: {name} is unhealthy: {error}");
             }
             exit_for(Outcome::Describe(&report))
         }
@@ -28,6 +28,7 @@ pub async fn describe(args: DescribeArgs) -> Exit {
 async fn check_health(args: &DescribeArgs) -> Result<(String, HealthReport), Error> {
     let mut loaded = load_package(&args.target.package).await?;
     loaded.integration.env = merge_env(&loaded.integration.env, &args.env)?;
+    print_warnings(&undeclared_env(&loaded.integration.manifest, &args.env));
     let dispatcher = connect_dispatcher(&args.target).await?;
     let prepared = dispatcher.prepare(&loaded.integration).await?;
 

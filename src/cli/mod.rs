@@ -133,7 +133,7 @@ pub struct RunArgs {
     #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub env: Vec<(String, String)>,
 
-    /// Deadline for the job in seconds (fractions allowed). Default: the manifest's
+    /// Deadline for the job in seconds, 1 to 86400 (fractions allowed). Default: the manifest's
     /// [run] timeout_secs, else 60.
     #[arg(short, long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
@@ -154,7 +154,7 @@ pub struct DescribeArgs {
     #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub env: Vec<(String, String)>,
 
-    /// Deadline for the health check in seconds. Default: the manifest's, else 60.
+    /// Deadline for the health check in seconds, 1 to 86400. Default: the manifest's, else 60.
     #[arg(short, long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
@@ -200,6 +200,12 @@ pub async fn execute(cli: Cli) -> Exit {
 
 /// Connects the chosen backend and wraps it in a dispatcher with the command line's settings.
 async fn connect_dispatcher(target: &TargetArgs) -> Result<Dispatcher, Error> {
+    if let (ExecutorKind::Subprocess, Some(network)) = (target.executor, &target.network) {
+        output::errln!(
+            "warning: --network {network} has no effect on the subprocess executor, whose \
+             agents use this machine's network: run with -x docker or -x podman to set it"
+        );
+    }
     let executor = backends::connect(target.executor, &BackendsConfig::default()).await?;
     let mut defaults = DispatchDefaults::default();
     defaults.limits.network.clone_from(&target.network);
@@ -253,11 +259,15 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text.trim().parse().map_err(|_| {
-        format!("invalid timeout {text:?}: expected a number of seconds, such as 30 or 0.5")
+        format!("invalid timeout {text:?}: expected a number of seconds, such as 30 or 1.5")
     })?;
-    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+    let (min, max) = (
+        *crate::manifest::TIMEOUT_SECS_RANGE.start(),
+        *crate::manifest::TIMEOUT_SECS_RANGE.end(),
+    );
+    if !(seconds.is_finite() && seconds >= min as f64 && seconds <= max as f64) {
         return Err(format!(
-            "invalid timeout {text:?}: expected more than 0 and at most 86400 seconds"
+            "invalid timeout {text:?}: expected {min} to {max} seconds"
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -293,15 +303,28 @@ mod tests {
 
     #[test]
     fn parse_timeout_accepts_fractions() {
-        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_timeout("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("1"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("86400"), Ok(Duration::from_secs(86_400)));
     }
 
     #[test]
     fn parse_timeout_rejects_out_of_range() {
-        for text in ["0", "-1", "nan", "inf", "86401", "soon"] {
-            assert!(parse_timeout(text).is_err(), "{text} was accepted");
+        for text in ["0", "0.5", "-1", "nan", "inf", "86401", "86400.5"] {
+            assert_eq!(
+                parse_timeout(text),
+                Err(format!(
+                    "invalid timeout {text:?}: expected 1 to 86400 seconds"
+                )),
+            );
         }
+        assert_eq!(
+            parse_timeout("soon"),
+            Err(
+                "invalid timeout \"soon\": expected a number of seconds, such as 30 or 1.5"
+                    .to_owned()
+            )
+        );
     }
 
     #[test]

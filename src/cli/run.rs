@@ -2,7 +2,7 @@
 
 use agentrun_executor::CancellationToken;
 
-use super::output::{print_json, print_warnings, report_error};
+use super::output::{errln, outln, print_json, print_warnings, report_error};
 use super::{connect_dispatcher, load_package, RunArgs};
 use crate::dispatcher::{JobStatus, WorkRequest, WorkResult};
 use crate::error::{exit_for, Error, Exit, Outcome};
@@ -51,17 +51,17 @@ fn print_result(result: &WorkResult, json: bool) {
     match result.status {
         JobStatus::Succeeded | JobStatus::Failed => {
             if let Some(message) = &result.message {
-                println!("{message}");
+                outln!("{message}");
             }
             if let Some(url) = &result.url {
                 match &result.url_label {
-                    Some(label) if label != url => println!("{label}: {url}"),
-                    _ => println!("{url}"),
+                    Some(label) if label != url => outln!("{label}: {url}"),
+                    _ => outln!("{url}"),
                 }
             }
             if result.status == JobStatus::Failed {
                 let code = result.return_code.unwrap_or_default();
-                eprintln!("error: the agent reported failure (return_code {code})");
+                errln!("error: the agent reported failure (return_code {code})");
             }
         }
         _ => {
@@ -69,7 +69,7 @@ fn print_result(result: &WorkResult, json: bool) {
                 .error
                 .as_deref()
                 .unwrap_or("the agent gave no valid reply");
-            eprintln!("error: {error}");
+            errln!("error: {error}");
         }
     }
 }

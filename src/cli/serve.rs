@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::error::Exit;
 use crate::service::{self, ServiceError};
 
+use super::output::{errln, outln};
 use super::ServeArgs;
 
 /// Runs `agentrun serve`. Exit status: 0 after a clean stop (SIGTERM or SIGINT), 2 for an
@@ -13,19 +14,19 @@ pub async fn serve(args: ServeArgs) -> Exit {
     let config = match Config::load(args.config) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("error: {}", error_chain(&error));
+            errln!("error: {}", error_chain(&error));
             return Exit::InvalidInput;
         }
     };
     if args.check_config {
         return match config.to_redacted_toml() {
             Ok(text) => {
-                print!("{text}");
-                eprintln!("the configuration is valid");
+                outln!("{}", text.trim_end_matches('\n'));
+                errln!("the configuration is valid");
                 Exit::Success
             }
             Err(error) => {
-                eprintln!("error: printing the configuration failed: {error}");
+                errln!("error: printing the configuration failed: {error}");
                 Exit::InvalidInput
             }
         };
@@ -37,7 +38,7 @@ pub async fn serve(args: ServeArgs) -> Exit {
         Err(error) => {
             let text = error_chain(&error);
             tracing::error!(error = %text, "the service could not start");
-            eprintln!("error: {text}");
+            errln!("error: {text}");
             match error {
                 ServiceError::Config(_)
                 | ServiceError::DataDirLocked { .. }

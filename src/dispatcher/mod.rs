@@ -13,11 +13,12 @@
 //!
 //! The dispatcher is shared between concurrent jobs; it keeps no per-job state.
 
+mod log_limit;
 mod outcome;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agentrun_executor::{
     CancellationToken, Executor, JobOutcome, JobSpec, Limits, MessageKind, PackageSpec, Prepared,
@@ -31,12 +32,22 @@ use crate::error::Error;
 use crate::forms::{self, Context};
 use crate::manifest::{is_env_name, Manifest};
 use crate::protocol::{agent_id_for, JobIdGenerator, Request};
+use crate::warning::Warning;
+
+use log_limit::LogLimiter;
 
 #[cfg(doc)]
 use crate::protocol::parse_info_reply;
 
 /// Default number of stderr lines quoted in a job's error text.
 pub const DEFAULT_STDERR_TAIL_LINES: usize = 10;
+
+/// Warnings about agents (such as a second reply) logged per [`AGENT_WARNING_WINDOW`]; the rest
+/// are counted and the count logged with the next one.
+const AGENT_WARNING_BURST: u32 = 10;
+
+/// Window of [`AGENT_WARNING_BURST`].
+const AGENT_WARNING_WINDOW: Duration = Duration::from_secs(60);
 
 /// An integration as the dispatcher runs it: a validated manifest and an unpacked package.
 #[derive(Clone, Debug, PartialEq)]
@@ -193,8 +204,11 @@ pub struct WorkResult {
     pub duration_ms: u64,
     /// The normalised reply, when it replied.
     pub reply: Option<serde_json::Value>,
-    /// Keywords that had no value in the context.
-    pub warnings: Vec<String>,
+    /// Problems that did not stop the job: keywords that had no value in the context, env
+    /// variables given for the job that the manifest's `[env]` does not declare (only when it
+    /// declares some), an agent that replied more than once, or one that exited with a failure
+    /// after a valid reply.
+    pub warnings: Vec<Warning>,
     /// Why there is no valid reply: what was expected, the exit status and the last stderr
     /// lines. `None` for `succeeded` and `failed`.
     pub error: Option<String>,
@@ -230,6 +244,8 @@ pub struct Dispatcher {
     job_ids: Arc<JobIdGenerator>,
     defaults: DispatchDefaults,
     reachable: tokio::sync::OnceCell<()>,
+    /// Rate limit of the warnings that agents trigger, which are logged besides the result.
+    agent_warnings: LogLimiter,
 }
 
 impl Dispatcher {
@@ -245,6 +261,7 @@ impl Dispatcher {
             job_ids: Arc::new(JobIdGenerator::new()),
             defaults,
             reachable: tokio::sync::OnceCell::new(),
+            agent_warnings: LogLimiter::new(AGENT_WARNING_BURST, AGENT_WARNING_WINDOW),
         }
     }
 
@@ -326,6 +343,12 @@ impl Dispatcher {
                 self.defaults.max_stdout_bytes,
                 self.defaults.stderr_tail_lines,
             );
+            if report.healthy && !outcome.exit.success() {
+                self.log_agent_warning(&format!(
+                    "the agent exited with {} after a valid heartbeat",
+                    outcome.exit
+                ));
+            }
             tracing::info!(
                 healthy = report.healthy,
                 status = report.status.as_str(),
@@ -357,6 +380,8 @@ impl Dispatcher {
         let form = forms::resolve(&integration.manifest, &request.values, &request.context)?;
         let env = merge_env(&integration.env, &request.env)?;
         let timeout = self.timeout_for(integration, request.timeout)?;
+        let mut warnings = form.warnings;
+        warnings.extend(undeclared_env(&integration.manifest, &request.env));
 
         let job_id = request.job_id.unwrap_or_else(|| self.job_ids.next_id());
         let stdin = Request::work(integration.agent_id, job_id, &form.values).to_bytes();
@@ -377,7 +402,11 @@ impl Dispatcher {
                 self.defaults.max_stdout_bytes,
                 self.defaults.stderr_tail_lines,
             );
-            result.warnings = form.warnings.iter().map(ToString::to_string).collect();
+            for warning in &result.warnings {
+                self.log_agent_warning(&warning.message);
+            }
+            warnings.append(&mut result.warnings);
+            result.warnings = warnings;
 
             tracing::info!(
                 status = result.status.as_str(),
@@ -409,6 +438,16 @@ impl Dispatcher {
             self.defaults.max_stdout_bytes,
             self.defaults.stderr_tail_lines,
         )
+    }
+
+    /// Logs a warning that an agent triggered, unless too many came recently.
+    ///
+    /// The level is info, not warn: the engine lost nothing, the job's result carries the
+    /// warning, and the CLI, which logs only warnings by default, prints it from there.
+    fn log_agent_warning(&self, warning: &str) {
+        if let Some(suppressed_before) = self.agent_warnings.admit(Instant::now()) {
+            tracing::info!(suppressed_before, warning, "agent warning");
+        }
     }
 
     fn timeout_for(
@@ -451,6 +490,26 @@ impl Dispatcher {
             kind = kind.as_str(),
         )
     }
+}
+
+/// Returns a warning for each name in `env` that the manifest's `[env]` does not declare, or
+/// none when the manifest declares no variables (it then documents none, so any name may be
+/// expected). Each name is reported once, in the order given.
+pub fn undeclared_env(manifest: &Manifest, env: &[(String, String)]) -> Vec<Warning> {
+    if manifest.env.is_empty() {
+        return Vec::new();
+    }
+    let mut warnings: Vec<Warning> = Vec::new();
+    for (name, _) in env {
+        let reported = warnings
+            .iter()
+            .any(|warning| warning.variable.as_deref() == Some(name.as_str()));
+        if !manifest.env.contains_key(name) && !reported {
+            let declared = manifest.env.keys().map(String::as_str);
+            warnings.push(Warning::undeclared_env(name, declared));
+        }
+    }
+    warnings
 }
 
 /// Returns `base` with `overrides` applied: a key already in `base` gets the new value in its

@@ -5,7 +5,8 @@ use std::time::Duration;
 use agentrun_executor::{ExitStatus, JobEnd, JobOutcome};
 
 use super::{HealthReport, JobStatus, WorkResult};
-use crate::protocol::{parse_heartbeat, parse_info_reply, ReplyError};
+use crate::protocol::{parse_heartbeat, parse_info_reply, InfoReply, ReplyError};
+use crate::warning::{Warning, WarningKind};
 
 /// Maximum length of one quoted stderr line, in characters.
 const MAX_STDERR_LINE_CHARS: usize = 300;
@@ -36,6 +37,7 @@ pub(super) fn work_result(
     let failure = match outcome.end {
         JobEnd::Exited => match parse_info_reply(&outcome.stdout, job_id) {
             Ok(reply) => {
+                result.warnings = reply_warnings(&reply, outcome.exit);
                 result.status = if reply.return_code == 0 {
                     JobStatus::Succeeded
                 } else {
@@ -57,6 +59,39 @@ pub(super) fn work_result(
     };
     result.error = Some(with_stderr(failure, outcome, stderr_tail_lines));
     result
+}
+
+/// Describes what an agent did wrong around a reply that was used: it replied more than once,
+/// or it exited with a failure after replying.
+fn reply_warnings(reply: &InfoReply, exit: ExitStatus) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    if reply.ignored_replies > 0 {
+        // A reply with a job id was chosen for matching this job's; see `parse_info_reply`.
+        let used = if reply.job_id.is_some() {
+            "the last one with this job's id"
+        } else {
+            "the last one"
+        };
+        warnings.push(Warning::agent(
+            WarningKind::RepeatedReply,
+            format!(
+                "the agent wrote {} \"info\" replies and only {used} was used: write one reply \
+                 per job",
+                reply.ignored_replies + 1
+            ),
+        ));
+    }
+    if !exit.success() {
+        warnings.push(Warning::agent(
+            WarningKind::ExitAfterReply,
+            format!(
+                "the agent {} after a valid reply, which was used: report a failure through the \
+                 reply's return_code",
+                exited(exit)
+            ),
+        ));
+    }
+    warnings
 }
 
 /// Builds the result of a health check from its outcome.
@@ -109,6 +144,9 @@ fn status_for_kill(end: JobEnd) -> JobStatus {
 fn reply_failure(exit: ExitStatus, error: &ReplyError) -> String {
     match error {
         ReplyError::NoReply { .. } => format!("agent {} without a reply: {error}", exited(exit)),
+        ReplyError::Truncated { .. } => {
+            format!("agent {} without a complete reply: {error}", exited(exit))
+        }
         _ => format!("agent {} with an invalid reply: {error}", exited(exit)),
     }
 }

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::error::{exit_for, Exit, Outcome};
+use crate::warning::WarningKind;
 
 /// Builds the canned outcome for each job from the job it gets.
 type Script = Box<dyn Fn(&JobSpec) -> Result<JobOutcome, ExecutorError> + Send + Sync>;
@@ -213,6 +214,58 @@ async fn work_path_values_stay_payload_text() {
     assert_eq!(integration.package_spec().root, Path::new("/pkg"));
 }
 
+/// Env variables given for a job that the manifest's `[env]` does not declare are reported once
+/// each, after the keyword warnings, and the job still gets them.
+#[tokio::test]
+async fn work_warns_undeclared_env() {
+    let executor = FakeExecutor::new(replying(0));
+    let dispatcher = Dispatcher::new(executor.clone());
+    let mut work = request(&[("alpha", "abc")]);
+    work.env = [("A", "9"), ("b", "x"), ("DEBUG", "1"), ("b", "y")]
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+
+    let result = with_timeout(dispatcher.work(&integration(FORM), &prepared(), work))
+        .await
+        .expect("job runs");
+
+    let kinds: Vec<crate::warning::WarningKind> =
+        result.warnings.iter().map(|warning| warning.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            crate::warning::WarningKind::MissingKeyword,
+            crate::warning::WarningKind::UndeclaredEnv,
+            crate::warning::WarningKind::UndeclaredEnv,
+        ]
+    );
+    assert_eq!(result.warnings[1].variable.as_deref(), Some("b"));
+    assert_eq!(
+        result.warnings[1].message,
+        "env variable b is not declared in the manifest's [env], so the agent may ignore it; \
+         did you mean B?"
+    );
+    assert_eq!(
+        result.warnings[2].message,
+        "env variable DEBUG is not declared in the manifest's [env], so the agent may ignore it; \
+         the manifest declares A, B"
+    );
+    let env = &executor.jobs()[0].env;
+    assert!(
+        env.contains(&("DEBUG".to_owned(), "1".to_owned())),
+        "{env:?}"
+    );
+}
+
+/// A manifest without `[env]` declares nothing, so any variable is expected and none warns.
+#[test]
+fn undeclared_env_silent_without_manifest_env() {
+    let integration = integration("name = \"bare\"\n");
+    let env = [("ANYTHING".to_owned(), "1".to_owned())];
+    assert_eq!(undeclared_env(&integration.manifest, &env), []);
+}
+
 #[tokio::test]
 async fn work_draws_increasing_job_ids() {
     let executor = FakeExecutor::new(replying(0));
@@ -400,7 +453,10 @@ async fn work_succeeded() {
     assert_eq!(result.error, None);
     assert_eq!(
         result.warnings,
-        ["field \"zeta\": SIFT-USER-NAME has no value in the context and was replaced by an empty string"]
+        [crate::warning::Warning::missing_keyword(
+            "zeta",
+            "SIFT-USER-NAME"
+        )]
     );
     let reply = result.reply.as_ref().expect("reply kept");
     assert_eq!(reply["action"], "popup-message");
@@ -451,6 +507,133 @@ async fn work_with(canned: JobOutcome) -> WorkResult {
     with_timeout(dispatcher.work(&integration("name = \"t\"\n"), &prepared(), work))
         .await
         .expect("job runs")
+}
+
+/// Returns an `info` reply line for job 5, the job id of [`work_with`], or for no job.
+fn reply_line(message: &str, with_job_id: bool) -> String {
+    let mut reply = json!({"type": "info", "payload": {"message": message}});
+    if with_job_id {
+        reply["job_id"] = json!(5);
+    }
+    reply.to_string()
+}
+
+/// A second reply is ignored, and the result warns about it instead of passing over it.
+#[tokio::test]
+async fn work_two_replies_warns() {
+    let stdout = format!(
+        "{}\n{}\n",
+        reply_line("mine", true),
+        reply_line("later", false)
+    );
+    let result = work_with(outcome(JobEnd::Exited, ExitStatus::Code(0), &stdout, "")).await;
+
+    assert_eq!(result.status, JobStatus::Succeeded);
+    assert_eq!(result.message.as_deref(), Some("mine"));
+    assert_eq!(
+        warning_messages(&result),
+        ["the agent wrote 2 \"info\" replies and only the last one with this job's id was used: \
+          write one reply per job"]
+    );
+}
+
+#[tokio::test]
+async fn work_two_replies_without_job_id_warns() {
+    let stdout = format!(
+        "{}\n{}\n",
+        reply_line("first", false),
+        reply_line("second", false)
+    );
+    let result = work_with(outcome(JobEnd::Exited, ExitStatus::Code(0), &stdout, "")).await;
+
+    assert_eq!(result.message.as_deref(), Some("second"));
+    assert_eq!(
+        warning_messages(&result),
+        [
+            "the agent wrote 2 \"info\" replies and only the last one was used: write one reply \
+          per job"
+        ]
+    );
+}
+
+/// An agent that fails after a valid reply keeps its reply, with a warning.
+#[tokio::test]
+async fn work_exit_failure_after_reply_warns() {
+    let stdout = reply_line("done", true);
+    let result = work_with(outcome(JobEnd::Exited, ExitStatus::Code(3), &stdout, "")).await;
+
+    assert_eq!(result.status, JobStatus::Succeeded);
+    assert_eq!(result.exit_code, Some(3));
+    assert_eq!(result.error, None);
+    assert_eq!(
+        warning_messages(&result),
+        [
+            "the agent exited with exit code 3 after a valid reply, which was used: report a \
+          failure through the reply's return_code"
+        ]
+    );
+
+    let result = work_with(outcome(JobEnd::Exited, ExitStatus::Signal(9), &stdout, "")).await;
+    assert_eq!(
+        warning_messages(&result),
+        ["the agent was killed by signal 9 after a valid reply, which was used: report a failure \
+          through the reply's return_code"]
+    );
+}
+
+/// Form warnings come first, then the agent's.
+#[tokio::test]
+async fn work_keeps_form_warnings_first() {
+    let dispatcher = Dispatcher::new(FakeExecutor::new(|job: &JobSpec| {
+        let request: serde_json::Value = serde_json::from_slice(&job.stdin).expect("stdin is JSON");
+        let reply =
+            json!({"type": "info", "job_id": request["job_id"], "payload": {"message": "x"}});
+        Ok(outcome(
+            JobEnd::Exited,
+            ExitStatus::Code(1),
+            &format!("{reply}\n{reply}\n"),
+            "",
+        ))
+    }));
+    let result = with_timeout(dispatcher.work(
+        &integration(FORM),
+        &prepared(),
+        request(&[("alpha", "abc")]),
+    ))
+    .await
+    .expect("job runs");
+
+    assert_eq!(result.warnings.len(), 3, "{:?}", result.warnings);
+    assert!(
+        result.warnings[0]
+            .message
+            .starts_with("field \"zeta\": SIFT-USER-NAME has no value"),
+        "{:?}",
+        result.warnings
+    );
+    assert!(
+        result.warnings[1]
+            .message
+            .starts_with("the agent wrote 2 \"info\" replies"),
+        "{:?}",
+        result.warnings
+    );
+    assert!(
+        result.warnings[2]
+            .message
+            .starts_with("the agent exited with exit code 1 after a valid reply"),
+        "{:?}",
+        result.warnings
+    );
+    let kinds: Vec<WarningKind> = result.warnings.iter().map(|warning| warning.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            WarningKind::MissingKeyword,
+            WarningKind::RepeatedReply,
+            WarningKind::ExitAfterReply
+        ]
+    );
 }
 
 #[tokio::test]
@@ -825,4 +1008,13 @@ fn result_from_outcome_rejects_other_job_id() {
 
     assert_eq!(result.status, JobStatus::Error);
     assert!(result.error.is_some());
+}
+
+/// Returns the messages of a result's warnings, for comparing with expected text.
+fn warning_messages(result: &WorkResult) -> Vec<&str> {
+    result
+        .warnings
+        .iter()
+        .map(|warning| warning.message.as_str())
+        .collect()
 }

@@ -42,6 +42,12 @@ pub const CONTEXT_KEYS: [&str; 10] = [
 /// The CLI builds it from `KEY=VALUE` pairs ([`Context::from_pairs`]); the HTTP API deserialises
 /// it from a JSON object with the same keys, where `selected-node` is an object or a string of
 /// JSON. Unknown keys are rejected in both forms.
+///
+/// When `selected-node` is a JSON object, it also supplies the keys given no value of their
+/// own: `selected-node-id` from its `id`, `selected-node-display-name` from its `display_name`,
+/// `displayName` or `label`, and `selected-node-type` from its `type`. Only a string or a number
+/// counts, and of the three name keys the first that has one wins. [`Context::value`] applies
+/// this, and the fields keep only what was given.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Context {
@@ -184,7 +190,8 @@ impl Context {
     }
 
     /// Returns the text a keyword's context key stands for, or `None` when the context has no
-    /// value for it. `selected-node` gives the node's compact JSON.
+    /// value for it. `selected-node` gives the node's compact JSON, and the node fills the
+    /// `selected-node-*` keys that have no value of their own (see [`Context`]).
     pub fn value(&self, key: &str) -> Option<String> {
         let text = match key {
             "report-url" => &self.report_url,
@@ -193,13 +200,40 @@ impl Context {
             "timeline-selection-start" => &self.timeline_selection_start,
             "timeline-selection-end" => &self.timeline_selection_end,
             "selected-node" => return self.selected_node.as_ref().map(Value::to_string),
-            "selected-node-id" => &self.selected_node_id,
-            "selected-node-display-name" => &self.selected_node_display_name,
-            "selected-node-type" => &self.selected_node_type,
+            "selected-node-id" => {
+                return self
+                    .selected_node_id
+                    .clone()
+                    .or_else(|| self.node_key(&["id"]))
+            }
+            "selected-node-display-name" => {
+                return self
+                    .selected_node_display_name
+                    .clone()
+                    .or_else(|| self.node_key(&["display_name", "displayName", "label"]))
+            }
+            "selected-node-type" => {
+                return self
+                    .selected_node_type
+                    .clone()
+                    .or_else(|| self.node_key(&["type"]))
+            }
             "canvas-name" => &self.canvas_name,
             _ => return None,
         };
         text.clone()
+    }
+
+    /// Returns the first of `keys` that the selected node has as a string or a number, as text.
+    fn node_key(&self, keys: &[&str]) -> Option<String> {
+        let node = self.selected_node.as_ref()?.as_object()?;
+        keys.iter()
+            .filter_map(|key| node.get(*key))
+            .find_map(|value| match value {
+                Value::String(text) => Some(text.clone()),
+                Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            })
     }
 }
 

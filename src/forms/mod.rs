@@ -11,31 +11,13 @@ mod context;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+pub use crate::warning::Warning;
 pub use context::{Context, ContextError, CONTEXT_KEYS, KEYWORDS};
 
-use crate::manifest::{Manifest, UiElement};
+use crate::manifest::{Field, Manifest, UiElement};
 
 /// Text every keyword starts with.
 const KEYWORD_PREFIX: &str = "SIFT-";
-
-/// A keyword that had no value in the context and was replaced by an empty string.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Warning {
-    /// The field whose prefill contains the keyword.
-    pub field: String,
-    /// The keyword, such as `SIFT-USER-NAME`.
-    pub keyword: &'static str,
-}
-
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "field {:?}: {} has no value in the context and was replaced by an empty string",
-            self.field, self.keyword
-        )
-    }
-}
 
 /// Final form values, ready for the `work` payload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,7 +25,7 @@ pub struct ResolvedForm {
     /// `(name, value)` pairs in the manifest's field order; in the order given when the manifest
     /// has no fields.
     pub values: Vec<(String, String)>,
-    /// Keywords that had no value in the context.
+    /// Keywords that had no value in the context ([`crate::warning::WarningKind::MissingKeyword`]).
     pub warnings: Vec<Warning>,
 }
 
@@ -60,7 +42,7 @@ pub enum FormRule {
     Regex,
     /// The value is not one of the select field's option values.
     Select,
-    /// The value is not a `YYYY-MM-DD` calendar date.
+    /// The value is not a real calendar date written as `YYYY-MM-DD`.
     Date,
 }
 
@@ -71,11 +53,13 @@ pub struct FormError {
     pub field: String,
     /// The rejected value.
     pub value: String,
-    /// The field's `validation_message`, or a default that names the field and the rule.
+    /// The field's `validation_message`, or a default that names the field, the value and the
+    /// rule.
     pub message: String,
     /// The rule that was broken.
     pub rule: FormRule,
-    /// True when `message` is the manifest's `validation_message`, which may not name the field.
+    /// True when `message` is the manifest's `validation_message`, which may name neither the
+    /// field nor the value.
     #[serde(skip)]
     pub custom_message: bool,
 }
@@ -83,7 +67,13 @@ pub struct FormError {
 impl fmt::Display for FormError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.custom_message {
-            write!(f, "field {:?}: {}", self.field, self.message)
+            write!(
+                f,
+                "field {:?} ({}): {}",
+                self.field,
+                describe_value(&self.value),
+                self.message
+            )
         } else {
             f.write_str(&self.message)
         }
@@ -125,10 +115,7 @@ pub fn substitute(
                 match context.value(key) {
                     Some(value) => output.push_str(&value),
                     None => {
-                        let warning = Warning {
-                            field: field.to_owned(),
-                            keyword,
-                        };
+                        let warning = Warning::missing_keyword(field, keyword);
                         if !warnings.contains(&warning) {
                             warnings.push(warning);
                         }
@@ -172,7 +159,8 @@ pub fn prefill(manifest: &Manifest, context: &Context) -> ResolvedForm {
 ///
 /// [`FormErrors`] with one entry per unknown or repeated field name and per value that breaks its
 /// field's rule. A regex must match the whole value. A select value must be one of the option
-/// values. A date must be a real `YYYY-MM-DD` date. Rules apply to empty values too.
+/// values. A date must be a real `YYYY-MM-DD` date. Rules apply to empty values too, except in
+/// a field with `optional = true`. Each default message quotes the value.
 pub fn resolve(
     manifest: &Manifest,
     user_values: &[(String, String)],
@@ -189,19 +177,31 @@ pub fn resolve(
     // Maps are used so that a request with many values costs linear time, not quadratic.
     let mut given: HashMap<&str, &str> = HashMap::with_capacity(user_values.len());
     for (name, value) in user_values {
-        if given.contains_key(name.as_str()) {
+        if let Some(first) = given.get(name.as_str()) {
             errors.push(FormError {
                 field: name.clone(),
                 value: value.clone(),
-                message: format!("field {name:?} is given twice; give each field once"),
+                message: format!(
+                    "field {name:?} is given twice, as {} and {}; give each field once",
+                    describe_value(first),
+                    describe_value(value)
+                ),
                 rule: FormRule::Duplicate,
                 custom_message: false,
             });
         } else if !known.is_empty() && !known_set.contains(name.as_str()) {
+            let hint = match crate::suggest::closest(name, known.iter().copied()) {
+                Some(suggestion) => format!("did you mean {suggestion:?}? "),
+                None => String::new(),
+            };
             errors.push(FormError {
                 field: name.clone(),
                 value: value.clone(),
-                message: format!("unknown field {name:?}; known fields: {}", known.join(", ")),
+                message: format!(
+                    "unknown field {name:?} ({}); {hint}known fields: {}",
+                    describe_value(value),
+                    known.join(", ")
+                ),
                 rule: FormRule::UnknownField,
                 custom_message: false,
             });
@@ -231,16 +231,16 @@ pub fn resolve(
             substitute(prefill, context, &field.name, &mut warnings)
         });
 
-        if let Some((rule, default_message)) = broken_rule(field, &value) {
+        if let Some(broken) = check_value(field, &value) {
             let (message, custom_message) = match &field.validation_message {
                 Some(message) => (message.clone(), true),
-                None => (default_message, false),
+                None => (format!("field {:?}: {}", field.name, broken.reason), false),
             };
             errors.push(FormError {
                 field: field.name.clone(),
                 value: value.clone(),
                 message,
-                rule,
+                rule: broken.rule,
                 custom_message,
             });
         }
@@ -254,42 +254,139 @@ pub fn resolve(
     }
 }
 
-/// Returns the first rule `value` breaks, with a default message naming the field and the rule.
-fn broken_rule(field: &crate::manifest::Field, value: &str) -> Option<(FormRule, String)> {
-    let name = &field.name;
-    if let Some(regex) = &field.regex {
-        if !regex.matches_whole(value) {
-            return Some((
-                FormRule::Regex,
-                format!(
-                    "field {name:?} must match the regex {} as a whole",
-                    regex.as_str()
-                ),
-            ));
-        }
-    }
-    match field.ui_element {
-        UiElement::Select if !field.options.iter().any(|option| option.value == value) => {
-            let allowed: Vec<&str> = field
-                .options
-                .iter()
-                .map(|option| option.value.as_str())
-                .collect();
-            Some((
-                FormRule::Select,
-                format!("field {name:?} must be one of: {}", allowed.join(", ")),
-            ))
-        }
-        UiElement::Date if !is_calendar_date(value) => Some((
-            FormRule::Date,
-            format!("field {name:?} must be a date in the form YYYY-MM-DD, such as 2024-02-29"),
-        )),
-        _ => None,
-    }
+/// A rule that a value breaks, from [`check_value`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BrokenRule {
+    /// The rule.
+    pub rule: FormRule,
+    /// Why the value breaks it, starting with the value, such as `"High" is not one of the
+    /// option values: high, low; "High" is the label of option "high"`.
+    pub reason: String,
 }
 
-/// Returns true for a real calendar date written exactly as `YYYY-MM-DD`.
-pub fn is_calendar_date(text: &str) -> bool {
+/// Checks `value` against `field`'s rules and returns the first one it breaks.
+///
+/// The regex comes first, then the kind's rule: a select value must be an option's value and a
+/// date a real `YYYY-MM-DD` date. An empty value of an optional field breaks no rule.
+pub(crate) fn check_value(field: &Field, value: &str) -> Option<BrokenRule> {
+    if field.optional && value.is_empty() {
+        return None;
+    }
+    if let Some(regex) = &field.regex {
+        if !regex.matches_whole(value) {
+            return Some(BrokenRule {
+                rule: FormRule::Regex,
+                reason: format!(
+                    "{} does not match the regex {} as a whole",
+                    describe_value(value),
+                    regex.as_str()
+                ),
+            });
+        }
+    }
+    let reason = match field.ui_element {
+        UiElement::Select => select_problem(field, value)?,
+        UiElement::Date => date_problem(value)?,
+        _ => return None,
+    };
+    let rule = match field.ui_element {
+        UiElement::Select => FormRule::Select,
+        _ => FormRule::Date,
+    };
+    Some(BrokenRule { rule, reason })
+}
+
+/// Describes why `value` is not one of a select field's option values, or returns `None` when it
+/// is one. A value that is an option's label, or close to an option's value, gets a hint.
+fn select_problem(field: &Field, value: &str) -> Option<String> {
+    if field.options.iter().any(|option| option.value == value) {
+        return None;
+    }
+    let allowed: Vec<&str> = field
+        .options
+        .iter()
+        .map(|option| option.value.as_str())
+        .collect();
+    let mut reason = format!(
+        "{} is not one of the option values: {}",
+        describe_value(value),
+        allowed.join(", ")
+    );
+
+    let by_label = field
+        .options
+        .iter()
+        .find(|option| option.label == value)
+        .or_else(|| {
+            field
+                .options
+                .iter()
+                .find(|option| option.label.eq_ignore_ascii_case(value))
+        });
+    if let Some(option) = by_label.filter(|_| !value.is_empty()) {
+        reason.push_str(&format!(
+            "; {value:?} is the label of option {:?}",
+            option.value
+        ));
+    } else if let Some(suggestion) = crate::suggest::closest(value, allowed.iter().copied()) {
+        reason.push_str(&format!("; did you mean {suggestion:?}?"));
+    }
+    Some(reason)
+}
+
+/// Describes why `text` is not a real calendar date written as `YYYY-MM-DD`, or returns `None`
+/// when it is one.
+fn date_problem(text: &str) -> Option<String> {
+    let form = "a date in the form YYYY-MM-DD, such as 2024-02-29";
+    let Some((year, month, day)) = date_parts(text) else {
+        // A timeline selection is often a date and time; name that case, since the fix differs.
+        let starts_with_date =
+            text.get(..10)
+                .and_then(date_parts)
+                .is_some_and(|(year, month, day)| {
+                    chrono::NaiveDate::from_ymd_opt(year, month, day).is_some()
+                });
+        if starts_with_date {
+            return Some(format!(
+                "{} is a date with a time or other text after it; expected only {form}",
+                describe_value(text)
+            ));
+        }
+        return Some(format!("{} is not {form}", describe_value(text)));
+    };
+    if chrono::NaiveDate::from_ymd_opt(year, month, day).is_some() {
+        return None;
+    }
+
+    let month_name = u8::try_from(month)
+        .ok()
+        .and_then(|month| chrono::Month::try_from(month).ok())
+        .map(|month| month.name());
+    let Some(month_name) = month_name else {
+        return Some(format!(
+            "{} is not a real date: there is no month {month:02}; months run from 01 to 12",
+            describe_value(text)
+        ));
+    };
+    if day == 0 {
+        return Some(format!(
+            "{} is not a real date: there is no day 00; days start at 01",
+            describe_value(text)
+        ));
+    }
+    let days = (28..=31)
+        .rev()
+        .find(|day| chrono::NaiveDate::from_ymd_opt(year, month, *day).is_some())
+        .unwrap_or(28);
+    Some(format!(
+        "{} is not a real date: {month_name} {year} has {days} days",
+        describe_value(text)
+    ))
+}
+
+/// Splits `text` written exactly as `YYYY-MM-DD` (ASCII digits) into year, month and day,
+/// without checking that the date exists.
+fn date_parts(text: &str) -> Option<(i32, u32, u32)> {
     let bytes = text.as_bytes();
     let shape_ok = bytes.len() == 10
         && bytes[4] == b'-'
@@ -299,17 +396,43 @@ pub fn is_calendar_date(text: &str) -> bool {
             .enumerate()
             .all(|(index, byte)| index == 4 || index == 7 || byte.is_ascii_digit());
     if !shape_ok {
-        return false;
+        return None;
     }
-    // The shape check above guarantees ASCII digits, so these parses cannot fail.
-    let (Ok(year), Ok(month), Ok(day)) = (
-        text[0..4].parse::<i32>(),
-        text[5..7].parse::<u32>(),
-        text[8..10].parse::<u32>(),
-    ) else {
-        return false;
-    };
-    chrono::NaiveDate::from_ymd_opt(year, month, day).is_some()
+    Some((
+        text[0..4].parse().ok()?,
+        text[5..7].parse().ok()?,
+        text[8..10].parse().ok()?,
+    ))
+}
+
+/// Returns true for a real calendar date written exactly as `YYYY-MM-DD`.
+pub fn is_calendar_date(text: &str) -> bool {
+    date_problem(text).is_none()
+}
+
+/// Returns true when `text` contains a `SIFT-*` keyword, so its final value depends on the
+/// context.
+pub fn contains_keyword(text: &str) -> bool {
+    KEYWORDS.iter().any(|(keyword, _)| text.contains(keyword))
+}
+
+/// Maximum number of characters of a value quoted in a message.
+const MAX_QUOTED_CHARS: usize = 80;
+
+/// Quotes `value` for a message: `"text"`, the first characters of a long value and its length,
+/// or "the empty value".
+pub(crate) fn describe_value(value: &str) -> String {
+    if value.is_empty() {
+        return "the empty value".to_owned();
+    }
+    match value.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!(
+            "{:?} ({} characters)",
+            format!("{}…", &value[..cut]),
+            value.chars().count()
+        ),
+        None => format!("{value:?}"),
+    }
 }
 
 #[cfg(test)]

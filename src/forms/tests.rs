@@ -81,17 +81,66 @@ fn substitute_prefix_collisions() {
     );
     assert_eq!(output, "n42|ip|Host A|n42X");
 
-    // Only the node JSON is set: -ID must not become the JSON followed by "-ID".
-    let node_only = Context::from_pairs([r#"selected-node={"id":1}"#]).expect("context");
+    // Only the node JSON is set, without an id: -ID must not become the JSON followed by "-ID".
+    let node_only = Context::from_pairs([r#"selected-node={"ip":1}"#]).expect("context");
     let (output, warnings) = sub("SIFT-SELECTED-NODE-ID SIFT-SELECTED-NODE", &node_only);
-    assert_eq!(output, r#" {"id":1}"#);
+    assert_eq!(output, r#" {"ip":1}"#);
     assert_eq!(
         warnings,
-        [Warning {
-            field: "f".to_owned(),
-            keyword: "SIFT-SELECTED-NODE-ID"
-        }]
+        [Warning::missing_keyword("f", "SIFT-SELECTED-NODE-ID")]
     );
+}
+
+/// A selected node fills the id, display name and type keywords that have no value of their own.
+#[test]
+fn selected_node_fills_node_keywords() {
+    let context = Context::from_pairs([
+        r#"selected-node={"id": 42, "displayName": "Host A", "label": "ignored", "type": "ip"}"#,
+    ])
+    .expect("context");
+    let (output, warnings) = sub(
+        "SIFT-SELECTED-NODE-ID|SIFT-SELECTED-NODE-DISPLAY-NAME|SIFT-SELECTED-NODE-TYPE",
+        &context,
+    );
+    assert_eq!(output, "42|Host A|ip");
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // `display_name` comes before `displayName` and `label`; `label` is the last resort.
+    let context: Context = serde_json::from_value(json!({
+        "selected-node": {"id": "n1", "display_name": "snake", "displayName": "camel"},
+    }))
+    .expect("context");
+    assert_eq!(
+        context.value("selected-node-display-name").as_deref(),
+        Some("snake")
+    );
+    let context: Context = serde_json::from_value(json!({
+        "selected-node": "{\"label\": \"Label only\"}",
+    }))
+    .expect("context");
+    assert_eq!(
+        context.value("selected-node-display-name").as_deref(),
+        Some("Label only")
+    );
+}
+
+/// Keys given explicitly win over the node's, and node values that are not text or numbers
+/// fill nothing.
+#[test]
+fn selected_node_keys_yield_to_given_values() {
+    let context = Context::from_pairs([
+        r#"selected-node={"id": "from-node", "type": {"name": "ip"}, "display_name": null, "label": true}"#,
+        "selected-node-id=given",
+    ])
+    .expect("context");
+    assert_eq!(context.value("selected-node-id").as_deref(), Some("given"));
+    assert_eq!(context.value("selected-node-type"), None);
+    assert_eq!(context.value("selected-node-display-name"), None);
+    // The context keeps what was given; only substitution reads the node.
+    assert_eq!(context.selected_node_type, None);
+
+    let list = Context::from_pairs([r#"selected-node=[{"id": 1}]"#]).expect("context");
+    assert_eq!(list.value("selected-node-id"), None);
 }
 
 #[test]
@@ -141,14 +190,8 @@ fn substitute_missing_keyword_warns_once() {
     assert_eq!(
         warnings,
         [
-            Warning {
-                field: "f".to_owned(),
-                keyword: "SIFT-USER-NAME"
-            },
-            Warning {
-                field: "f".to_owned(),
-                keyword: "SIFT-CANVAS-NAME"
-            },
+            Warning::missing_keyword("f", "SIFT-USER-NAME"),
+            Warning::missing_keyword("f", "SIFT-CANVAS-NAME"),
         ]
     );
     assert_eq!(
@@ -280,10 +323,7 @@ fn resolve_reports_missing_keyword() {
     assert_eq!(form.values, pairs(&[("m", "by ")]));
     assert_eq!(
         form.warnings,
-        [Warning {
-            field: "m".to_owned(),
-            keyword: "SIFT-USER-NAME"
-        }]
+        [Warning::missing_keyword("m", "SIFT-USER-NAME")]
     );
 }
 
@@ -300,10 +340,31 @@ fn resolve_unknown_and_duplicate_fields() {
     assert_eq!(errors.errors[0].rule, FormRule::UnknownField);
     assert_eq!(
         errors.errors[0].message,
-        "unknown field \"c\"; known fields: a, b"
+        "unknown field \"c\" (\"1\"); known fields: a, b"
     );
     assert_eq!(errors.errors[1].rule, FormRule::Duplicate);
     assert_eq!(errors.errors[1].field, "a");
+    assert_eq!(
+        errors.errors[1].message,
+        "field \"a\" is given twice, as \"2\" and \"3\"; give each field once"
+    );
+}
+
+/// An unknown field name close to a known one gets a suggestion.
+#[test]
+fn resolve_unknown_field_suggests_name() {
+    let manifest = manifest("[[fields]]\nname = \"priority\"\n[[fields]]\nname = \"due\"\n");
+    let errors = resolve(
+        &manifest,
+        &pairs(&[("prority", "high")]),
+        &Context::default(),
+    )
+    .expect_err("unknown field");
+    assert_eq!(
+        errors.errors[0].message,
+        "unknown field \"prority\" (\"high\"); did you mean \"priority\"? known fields: \
+         priority, due"
+    );
 }
 
 #[test]
@@ -335,19 +396,76 @@ fn resolve_regex_rule() {
         [FormError {
             field: "ip".to_owned(),
             value: "10.0.0.1; rm".to_owned(),
-            message: "field \"ip\" must match the regex [0-9.]+ as a whole".to_owned(),
+            message: "field \"ip\": \"10.0.0.1; rm\" does not match the regex [0-9.]+ as a whole"
+                .to_owned(),
             rule: FormRule::Regex,
             custom_message: false,
         }]
     );
     assert_eq!(
         errors.to_string(),
-        "invalid form values:\n  field \"ip\" must match the regex [0-9.]+ as a whole"
+        "invalid form values:\n  field \"ip\": \"10.0.0.1; rm\" does not match the regex \
+         [0-9.]+ as a whole"
     );
 
     // An empty value is checked too.
     let errors = resolve(&manifest, &[], &context).expect_err("empty value");
     assert_eq!(errors.errors[0].value, "");
+    assert_eq!(
+        errors.errors[0].message,
+        "field \"ip\": the empty value does not match the regex [0-9.]+ as a whole"
+    );
+}
+
+/// A long value is quoted by its first 80 characters and its length.
+#[test]
+fn resolve_error_shortens_long_value() {
+    let manifest = manifest("[[fields]]\nname = \"ip\"\nregex = \"[0-9.]+\"\n");
+    let long = "é".repeat(100);
+    let errors =
+        resolve(&manifest, &pairs(&[("ip", &long)]), &Context::default()).expect_err("invalid");
+    assert_eq!(
+        errors.errors[0].message,
+        format!(
+            "field \"ip\": \"{}…\" (100 characters) does not match the regex [0-9.]+ as a whole",
+            "é".repeat(80)
+        )
+    );
+    assert_eq!(errors.errors[0].value, long);
+}
+
+/// An empty value of an optional field passes every rule; a non-empty one is still checked.
+#[test]
+fn resolve_optional_field_allows_empty() {
+    let optional = manifest(
+        "[[fields]]\nname = \"due\"\nui_element = \"date\"\noptional = true\n\
+         [[fields]]\nname = \"ticket\"\nregex = \"TCK-[0-9]{4}\"\noptional = true\n\
+         [[fields]]\nname = \"level\"\nui_element = \"select\"\noptional = true\n\
+         options = [{ value = \"high\" }]\n",
+    );
+    let context = Context::default();
+    let form = resolve(&optional, &[], &context).expect("empty optional values are valid");
+    assert_eq!(
+        form.values,
+        pairs(&[("due", ""), ("ticket", ""), ("level", "")])
+    );
+
+    let errors = resolve(
+        &optional,
+        &pairs(&[("due", "soon"), ("ticket", "T-1"), ("level", "low")]),
+        &context,
+    )
+    .expect_err("non-empty values are checked");
+    let rules: Vec<FormRule> = errors.errors.iter().map(|error| error.rule).collect();
+    assert_eq!(rules, [FormRule::Date, FormRule::Regex, FormRule::Select]);
+
+    // Without `optional`, the same empty date is rejected.
+    let required = manifest("[[fields]]\nname = \"due\"\nui_element = \"date\"\n");
+    let errors = resolve(&required, &[], &context).expect_err("empty date");
+    assert_eq!(
+        errors.errors[0].message,
+        "field \"due\": the empty value is not a date in the form YYYY-MM-DD, such as 2024-02-29"
+    );
 }
 
 #[test]
@@ -360,7 +478,7 @@ fn resolve_custom_validation_message() {
     assert_eq!(errors.errors[0].message, "Enter an IPv4 address.");
     assert_eq!(
         errors.errors[0].to_string(),
-        "field \"ip\": Enter an IPv4 address."
+        "field \"ip\" (\"x\"): Enter an IPv4 address."
     );
 }
 
@@ -389,7 +507,29 @@ fn resolve_select_rule() {
     assert_eq!(errors.errors[0].rule, FormRule::Select);
     assert_eq!(
         errors.errors[0].message,
-        "field \"level\" must be one of: high, low"
+        "field \"level\": \"High\" is not one of the option values: high, low; \"High\" is the \
+         label of option \"high\""
+    );
+
+    // A label differing in case is still named as a label.
+    let errors = resolve(&manifest, &pairs(&[("level", "HIGH")]), &context).expect_err("label");
+    assert_eq!(
+        errors.errors[0].message,
+        "field \"level\": \"HIGH\" is not one of the option values: high, low; \"HIGH\" is the \
+         label of option \"high\""
+    );
+
+    // A value close to an option's value gets a suggestion; a distant one only the list.
+    let errors = resolve(&manifest, &pairs(&[("level", "loww")]), &context).expect_err("typo");
+    assert_eq!(
+        errors.errors[0].message,
+        "field \"level\": \"loww\" is not one of the option values: high, low; did you mean \
+         \"low\"?"
+    );
+    let errors = resolve(&manifest, &pairs(&[("level", "medium")]), &context).expect_err("other");
+    assert_eq!(
+        errors.errors[0].message,
+        "field \"level\": \"medium\" is not one of the option values: high, low"
     );
 }
 
@@ -402,24 +542,53 @@ fn resolve_date_rule() {
             .unwrap_or_else(|error| panic!("{valid}: {error}"));
         assert_eq!(form.values[0].1, valid);
     }
-    for invalid in [
-        "2023-02-29",
-        "2024-13-01",
-        "2024-00-10",
-        "2024-04-31",
-        "2024-4-01",
-        "24-04-01",
-        "2024/04/01",
-        "2024-04-01T00:00",
-        "٢٠٢٤-٠٤-٠١",
-        "",
-    ] {
+    let form = "a date in the form YYYY-MM-DD, such as 2024-02-29";
+    let cases = [
+        (
+            "2023-02-29",
+            "\"2023-02-29\" is not a real date: February 2023 has 28 days".to_owned(),
+        ),
+        (
+            "2026-02-30",
+            "\"2026-02-30\" is not a real date: February 2026 has 28 days".to_owned(),
+        ),
+        (
+            "2024-04-31",
+            "\"2024-04-31\" is not a real date: April 2024 has 30 days".to_owned(),
+        ),
+        (
+            "2024-01-00",
+            "\"2024-01-00\" is not a real date: there is no day 00; days start at 01".to_owned(),
+        ),
+        (
+            "2024-13-01",
+            "\"2024-13-01\" is not a real date: there is no month 13; months run from 01 to 12"
+                .to_owned(),
+        ),
+        (
+            "2024-00-10",
+            "\"2024-00-10\" is not a real date: there is no month 00; months run from 01 to 12"
+                .to_owned(),
+        ),
+        (
+            "2024-04-01T00:00",
+            format!("\"2024-04-01T00:00\" is a date with a time or other text after it; expected only {form}"),
+        ),
+        (
+            "2026-12-01T10:00:00Z",
+            format!("\"2026-12-01T10:00:00Z\" is a date with a time or other text after it; expected only {form}"),
+        ),
+        ("2024-4-01", format!("\"2024-4-01\" is not {form}")),
+        ("24-04-01", format!("\"24-04-01\" is not {form}")),
+        ("2024/04/01", format!("\"2024/04/01\" is not {form}")),
+        ("1796416374734", format!("\"1796416374734\" is not {form}")),
+        ("٢٠٢٤-٠٤-٠١", format!("\"٢٠٢٤-٠٤-٠١\" is not {form}")),
+        ("", format!("the empty value is not {form}")),
+    ];
+    for (invalid, reason) in cases {
         let errors = resolve(&manifest, &pairs(&[("day", invalid)]), &context).expect_err(invalid);
         assert_eq!(errors.errors[0].rule, FormRule::Date, "{invalid}");
-        assert_eq!(
-            errors.errors[0].message,
-            "field \"day\" must be a date in the form YYYY-MM-DD, such as 2024-02-29"
-        );
+        assert_eq!(errors.errors[0].message, format!("field \"day\": {reason}"));
     }
 }
 

@@ -5,11 +5,11 @@
 //! subprocess backend, the command to run. The same keys are accepted as TOML (the file in a
 //! package) and as JSON (the HTTP API).
 //!
-//! Parsing happens in two steps. Serde reads the text into a raw struct with
-//! `deny_unknown_fields`, so a syntax error, an unknown key or a value of the wrong type stops
-//! there, with its line and column. Validation then turns the raw struct into [`Manifest`] and
-//! collects every remaining problem (bad values, duplicates, a select without options, a regex
-//! that does not compile), each named by its key path, so `agentrun check` can list them all.
+//! Parsing happens in two steps. The TOML or JSON parser reads the text into a tree of values,
+//! so only a syntax error stops there, with its line and column. Validation then turns the tree
+//! into [`Manifest`] and collects every problem (unknown keys, values of the wrong type, bad
+//! values, duplicates, a select without options, a regex that does not compile, a prefill that
+//! breaks its field's rules), each named by its key path, so `agentrun check` can list them all.
 //!
 //! ```toml
 //! name = "Slack"
@@ -22,17 +22,20 @@
 //! label = "Message"
 //! ui_element = "textarea"          # text (default) | textarea | select | date
 //! value = "Report from SIFT-USER-NAME"
+//! optional = false                 # true: an empty value skips the rules below
 //! regex = ".{1,2000}"
 //! validation_message = "Write between 1 and 2000 characters."
 //!
 //! [env]
-//! url = "https://hooks.slack.com/services/…"
+//! url = "https://hooks.slack.com/services/REPLACE/WITH/YOURS"
 //!
 //! [run]
 //! command = ["python3", "agent.py"]
 //! timeout_secs = 30
 //! ```
 
+mod fields;
+mod raw;
 mod validate;
 
 pub use validate::is_env_name;
@@ -44,7 +47,7 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 use serde::{Deserialize, Serialize, Serializer};
 
-use validate::RawManifest;
+use validate::{Prefills, RawManifest};
 
 /// File name of the manifest at a package's root.
 pub const MANIFEST_FILE: &str = "integration.toml";
@@ -52,8 +55,9 @@ pub const MANIFEST_FILE: &str = "integration.toml";
 pub const MAX_NAME_CHARS: usize = 100;
 /// Maximum length of a field name, in characters.
 pub const MAX_FIELD_NAME_CHARS: usize = 64;
-/// Allowed range of `[run] timeout_secs`.
-pub const TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
+/// Allowed range of `[run] timeout_secs`: the job deadline range that the service configuration
+/// and the command line accept too, 1 second to one day.
+pub const TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=crate::config::MAX_TIMEOUT_SECS;
 /// Maximum size of a manifest file, in bytes. Real manifests are a few kilobytes.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
@@ -169,9 +173,14 @@ pub struct Field {
     /// Choices of a `select` field, never empty for one; empty for other kinds.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<SelectOption>,
-    /// Prefill value, which may contain `SIFT-*` keywords.
+    /// Prefill value, which may contain `SIFT-*` keywords. A prefill without keywords obeys the
+    /// field's rules, unless it is empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// Whether the field may be left empty: an empty value of an optional field skips the
+    /// regex and the kind's rule. Default false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
     /// Pattern the whole final value must match.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regex: Option<FieldRegex>,
@@ -309,8 +318,9 @@ impl Manifest {
     ///
     /// # Errors
     ///
-    /// [`ManifestError::Syntax`] for invalid TOML, unknown keys and values of the wrong type,
-    /// with line and column; [`ManifestError::Invalid`] listing every other problem.
+    /// [`ManifestError::Syntax`] for invalid TOML, with line and column;
+    /// [`ManifestError::Invalid`] listing every other problem, unknown keys and values of the
+    /// wrong type included.
     pub fn from_toml_str(text: &str) -> Result<Self, ManifestError> {
         Self::from_toml_named(text, MANIFEST_FILE)
     }
@@ -321,8 +331,27 @@ impl Manifest {
     ///
     /// As [`Manifest::from_toml_str`].
     pub fn from_json_slice(json: &[u8]) -> Result<Self, ManifestError> {
+        Self::from_json_checking(json, Prefills::Check)
+    }
+
+    /// Parses a manifest that was valid when it was stored, such as one that a service saved
+    /// with [`Serialize`] when it registered an integration.
+    ///
+    /// The rules are those of [`Manifest::from_json_slice`], except that a prefill without
+    /// keywords is not checked against its field's rules. That check is newer than some stored
+    /// manifests, and rejecting them would make their integrations unreadable. Such a prefill
+    /// still fails when a job uses it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Manifest::from_json_slice`].
+    pub fn from_stored_json(json: &[u8]) -> Result<Self, ManifestError> {
+        Self::from_json_checking(json, Prefills::Skip)
+    }
+
+    fn from_json_checking(json: &[u8], prefills: Prefills) -> Result<Self, ManifestError> {
         let origin = "manifest JSON";
-        let raw: RawManifest =
+        let tree: serde_json::Value =
             serde_json::from_slice(json).map_err(|error| ManifestError::Syntax {
                 origin: origin.to_owned(),
                 format: "JSON",
@@ -330,10 +359,12 @@ impl Manifest {
                 column: error.column(),
                 message: json_error_message(&error),
             })?;
-        raw.validate().map_err(|problems| ManifestError::Invalid {
-            origin: origin.to_owned(),
-            problems,
-        })
+        RawManifest::from_json(tree)
+            .validate_with(prefills)
+            .map_err(|problems| ManifestError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            })
     }
 
     /// Reads the manifest of the package in `root`, or returns [`Manifest::default_for`]
@@ -387,7 +418,7 @@ impl Manifest {
     }
 
     fn from_toml_named(text: &str, origin: &str) -> Result<Self, ManifestError> {
-        let raw: RawManifest = toml::from_str(text).map_err(|error| {
+        let tree: toml::Table = toml::from_str(text).map_err(|error| {
             let (line, column) = error
                 .span()
                 .map_or((0, 0), |span| line_and_column(text, span.start));
@@ -399,10 +430,12 @@ impl Manifest {
                 message: error.message().trim().to_owned(),
             }
         })?;
-        raw.validate().map_err(|problems| ManifestError::Invalid {
-            origin: origin.to_owned(),
-            problems,
-        })
+        RawManifest::from_toml(tree)
+            .validate()
+            .map_err(|problems| ManifestError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            })
     }
 }
 
@@ -440,7 +473,7 @@ pub enum ManifestError {
         bytes: u64,
     },
 
-    /// The text is not valid TOML or JSON, has an unknown key or a value of the wrong type.
+    /// The text is not valid TOML or JSON.
     #[error("invalid {format} in {origin} at line {line}, column {column}: {message}")]
     Syntax {
         /// Source of the text: a path, `integration.toml` or `manifest JSON`.
@@ -451,7 +484,7 @@ pub enum ManifestError {
         line: usize,
         /// Column of the error in characters, from 1; 0 when the parser gave no position.
         column: usize,
-        /// The parser's message, which names the key and the expected keys or type.
+        /// The parser's message.
         message: String,
     },
 
@@ -478,15 +511,23 @@ impl ManifestError {
 /// One broken rule in a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestProblem {
-    /// Key path, such as `name`, `fields[2].ui_element` or `env.API_KEY`.
+    /// Key path, such as `name`, `fields[2].ui_element` or `env.API_KEY`. List indexes count
+    /// from 0.
     pub path: String,
+    /// Name of the form field the path is in, when the problem is inside a field that has a
+    /// name.
+    pub field: Option<String>,
     /// The broken rule, with the bad value and the allowed values.
     pub message: String,
 }
 
 impl fmt::Display for ManifestProblem {
+    /// Writes `path: message`, or `path (field "name"): message` inside a named field.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
+        match &self.field {
+            Some(field) => write!(f, "{} (field {field:?}): {}", self.path, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
     }
 }
 

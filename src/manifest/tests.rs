@@ -199,67 +199,124 @@ fn manifest_syntax_error_position() {
     }
 }
 
+/// An unknown key at any level is one problem among the others, named by its path, with the
+/// closest known key as a suggestion or else the list of known keys.
 #[test]
-fn manifest_unknown_key_position() {
-    let error =
-        Manifest::from_toml_str("name = \"x\"\n\n[[fields]]\nname = \"a\"\nwidget = \"text\"\n")
-            .expect_err("unknown key");
-    match &error {
-        ManifestError::Syntax {
-            line,
-            column,
-            message,
-            ..
-        } => {
-            assert_eq!(*line, 5, "{error}");
-            assert_eq!(*column, 1, "{error}");
-            assert!(message.contains("unknown field `widget`"), "{message}");
-            assert!(message.contains("`ui_element`"), "{message}");
-        }
-        other => panic!("expected a syntax error, got {other}"),
-    }
+fn manifest_unknown_keys_collected() {
+    let text = r#"
+name = "x"
+section_elemnt = "report"
+timeout = 5
+
+[[fields]]
+name = "due"
+ui_elment = "date"
+widget = "text"
+ui_element = "dropdown"
+options = [{ value = "a", lable = "A" }]
+
+[run]
+timeout = 30
+command = []
+"#;
+    assert_eq!(
+        problems(text),
+        [
+            "section_elemnt: unknown key; did you mean \"section_element\"?",
+            "timeout: unknown key; the keys of the manifest are name, take_user_input, section, \
+             section_element, section_element_type, fields, env, run",
+            "fields[0].ui_elment (field \"due\"): unknown key; did you mean \"ui_element\"?",
+            "fields[0].widget (field \"due\"): unknown key; the keys of a field are name, label, \
+             ui_element, options, value, optional, regex, validation_message, tooltip",
+            "fields[0].ui_element (field \"due\"): unknown value \"dropdown\"; expected one of \
+             text, textarea, select, date",
+            "fields[0].options (field \"due\"): only ui_element = \"select\" takes options, and \
+             this field is \"text\"; remove the options or make it a select",
+            "run.timeout: unknown key; did you mean \"timeout_secs\"?",
+            "run.command: is empty; give the program and its arguments",
+        ]
+    );
 }
 
+/// Unknown keys inside a select's options are reported with the option's path.
 #[test]
-fn manifest_unknown_top_level_key() {
-    let error = Manifest::from_toml_str("name = \"x\"\ntimeout = 5\n").expect_err("unknown key");
-    let text = error.to_string();
-    assert!(
-        text.starts_with(
-            "invalid TOML in integration.toml at line 2, column 1: unknown field `timeout`"
-        ),
-        "{text}"
+fn manifest_unknown_option_key() {
+    let text = "name = \"x\"\n[[fields]]\nname = \"level\"\nui_element = \"select\"\n\
+                options = [{ value = \"a\", lable = \"A\" }]\n";
+    assert_eq!(
+        problems(text),
+        ["fields[0].options[0].lable (field \"level\"): unknown key; did you mean \"label\"?"]
     );
 }
 
 #[test]
-fn manifest_json_unknown_key_position() {
-    let error =
-        Manifest::from_json_slice(b"{\"name\": \"x\",\n \"colour\": 1}").expect_err("unknown");
-    match &error {
-        ManifestError::Syntax {
-            format,
-            line,
-            message,
-            ..
-        } => {
-            assert_eq!(*format, "JSON");
-            assert_eq!(*line, 2);
-            assert!(message.starts_with("unknown field `colour`"), "{message}");
-            assert!(!message.contains("at line"), "{message}");
-        }
-        other => panic!("expected a syntax error, got {other}"),
-    }
+fn manifest_json_unknown_key_is_problem() {
+    let error = Manifest::from_json_slice(b"{\"name\": \"x\",\n \"colour\": 1, \"Name\": \"y\"}")
+        .expect_err("unknown");
+    assert_eq!(
+        error.problems(),
+        [
+            "Name: unknown key; did you mean \"name\"?",
+            "colour: unknown key; the keys of the manifest are name, take_user_input, section, \
+             section_element, section_element_type, fields, env, run",
+        ]
+    );
+}
+
+/// A value of the wrong type is a problem at its path, and the other problems are still found.
+#[test]
+fn manifest_wrong_types_collected() {
+    let text = r#"
+name = 1
+take_user_input = "yes"
+section = ["canvas"]
+fields = [{ name = "a", optional = "no", regex = 5, value = 1979-05-27 }, "b"]
+env = { TOKEN = 12345 }
+run = { timeout_secs = 1.5, command = "x" }
+"#;
+    assert_eq!(
+        problems(text),
+        [
+            "name: expected a string, found the number 1",
+            "take_user_input: expected true or false, found the string \"yes\"",
+            "section: expected a string, found a list",
+            "fields[0].regex (field \"a\"): expected a string, found the number 5",
+            "fields[0].value (field \"a\"): expected a string, found the TOML value 1979-05-27",
+            "fields[0].optional (field \"a\"): expected true or false, found the string \"no\"",
+            "fields[1]: expected a table, found the string \"b\"",
+            "env.TOKEN: expected a string value, found a number",
+            "run.timeout_secs: expected an integer number of seconds, found the number 1.5",
+        ]
+    );
 }
 
 #[test]
-fn manifest_wrong_type_position() {
-    let error = Manifest::from_toml_str("name = \"x\"\ntake_user_input = \"yes\"\n")
-        .expect_err("wrong type");
-    assert!(
-        matches!(error, ManifestError::Syntax { line: 2, .. }),
-        "{error}"
+fn manifest_wrong_container_types() {
+    assert_eq!(
+        problems("name = \"x\"\nfields = 3\nenv = \"A=1\"\nrun = true\n"),
+        [
+            "fields: expected a list of tables ([[fields]] in TOML), found the number 3",
+            "env: expected a table of variable names and string values, found the string \"A=1\"",
+            "run: expected a table ([run]), found the boolean true",
+        ]
     );
+    let error = Manifest::from_json_slice(b"[1]").expect_err("not an object");
+    assert_eq!(
+        error.problems(),
+        ["manifest: expected a table of keys such as name and fields, found a list"]
+    );
+}
+
+/// JSON `null` counts as an omitted key, as it did when the keys were optional struct fields.
+#[test]
+fn manifest_json_null_is_absent() {
+    let manifest = Manifest::from_json_slice(
+        br#"{"name": "x", "section": null, "fields": [{"name": "a", "regex": null}], "run": null}"#,
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(manifest.section, None);
+    assert_eq!(manifest.fields[0].regex, None);
+    assert_eq!(manifest.run, None);
 }
 
 #[test]
@@ -302,6 +359,30 @@ fn manifest_section_rules() {
     );
     assert_eq!(
         problems("name = \"x\"\nsection_element = \"nodes\"\n"),
+        ["section_element: \"nodes\" is set without a section; also set section to one of canvas, collaborate"]
+    );
+    // An invalid section hides the element and type problems that follow from it.
+    assert_eq!(
+        problems(
+            "name = \"x\"\nsection = \"Canvas\"\nsection_element = \"nodes\"\n\
+             section_element_type = [\"ip\"]\n"
+        ),
+        ["section: unknown value \"Canvas\"; expected one of canvas, collaborate; did you mean \"canvas\"?"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\nsection = 3\nsection_element = \"bogus\"\n"),
+        ["section: expected a string, found the number 3"]
+    );
+    // So does an invalid element, for the types.
+    assert_eq!(
+        problems(
+            "name = \"x\"\nsection = \"canvas\"\nsection_element = \"node\"\n\
+             section_element_type = [\"ip\"]\n"
+        ),
+        ["section_element: unknown value \"node\" for section \"canvas\"; expected one of nodes, edges, canvas; did you mean \"nodes\"?"]
+    );
+    assert_eq!(
+        problems("name = \"x\"\nsection_element = \"nodes\"\nsection_element_type = [\"ip\"]\n"),
         ["section_element: \"nodes\" is set without a section; also set section to one of canvas, collaborate"]
     );
     let manifest = parse("name = \"x\"\nsection = \"collaborate\"\nsection_element = \"report\"\n");
@@ -376,12 +457,12 @@ options = [{ value = "a" }, { label = "A again", value = "a" }, { label = "no va
             "fields[0].name: missing; every field needs a name",
             "fields[1].name: invalid name \"my field\"; use ASCII letters, digits, \"_\" and \"-\", starting with a letter or \"_\", at most 64 characters",
             "fields[3].name: duplicate name \"dup\"; fields[2] already uses it",
-            "fields[3].ui_element: unknown value \"dropdown\"; expected one of text, textarea, select, date",
-            "fields[4].options: missing; a select field needs at least one option, such as options = [{ label = \"High\", value = \"high\" }]",
-            "fields[5].options: only ui_element = \"select\" takes options, and this field is \"text\"; remove the options or make it a select",
-            "fields[6].regex: invalid regex \"([a-z]\": unclosed group; see the syntax of the Rust regex crate",
-            "fields[7].options[1].value: duplicate value \"a\"; option values must be unique",
-            "fields[7].options[2].value: missing; every option needs the value sent to the agent",
+            "fields[3].ui_element (field \"dup\"): unknown value \"dropdown\"; expected one of text, textarea, select, date",
+            "fields[4].options (field \"choice\"): missing; a select field needs at least one option, such as options = [{ label = \"High\", value = \"high\" }]",
+            "fields[5].options (field \"free\"): only ui_element = \"select\" takes options, and this field is \"text\"; remove the options or make it a select",
+            "fields[6].regex (field \"pattern\"): invalid regex \"([a-z]\": unclosed group; see the syntax of the Rust regex crate",
+            "fields[7].options[1].value (field \"opts\"): duplicate value \"a\"; option values must be unique",
+            "fields[7].options[2].value (field \"opts\"): missing; every option needs the value sent to the agent",
         ]
     );
 }
@@ -457,15 +538,15 @@ fn manifest_run_rules() {
         problems("name = \"x\"\n[run]\ncommand = [\"\", \"a\"]\n"),
         ["run.command[0]: the program is empty; give its path or name"]
     );
-    for secs in [0, -5, 3601] {
+    for secs in [0, -5, 86_401] {
         assert_eq!(
             problems(&format!("name = \"x\"\n[run]\ntimeout_secs = {secs}\n")),
             [format!(
-                "run.timeout_secs: {secs} is out of range; expected an integer from 1 to 3600"
+                "run.timeout_secs: {secs} is out of range; expected an integer from 1 to 86400"
             )]
         );
     }
-    for secs in [1, 3600] {
+    for secs in [1, 3600, 86_400] {
         let manifest = parse(&format!("name = \"x\"\n[run]\ntimeout_secs = {secs}\n"));
         assert_eq!(
             manifest.timeout(),
@@ -481,13 +562,24 @@ fn manifest_run_rules() {
 
 #[test]
 fn manifest_lists_every_problem() {
-    let text = "section = \"x\"\n[[fields]]\nname = \"a\"\nui_element = \"dropdown\"\n[run]\ntimeout_secs = 0\n";
+    let text = "colour = 1\nsection = \"x\"\n[[fields]]\nname = \"a\"\nui_element = \"dropdown\"\n\
+                [run]\ntimeout_secs = 0\n";
     let found = problems(text);
-    assert_eq!(found.len(), 4, "{found:#?}");
-    assert!(found[0].starts_with("name: missing"));
-    assert!(found[1].starts_with("section: unknown value \"x\""));
-    assert!(found[2].starts_with("fields[0].ui_element: unknown value \"dropdown\""));
-    assert!(found[3].starts_with("run.timeout_secs: 0 is out of range"));
+    assert_eq!(found.len(), 5, "{found:#?}");
+    assert!(found[0].starts_with("colour: unknown key"), "{found:#?}");
+    assert!(found[1].starts_with("name: missing"), "{found:#?}");
+    assert!(
+        found[2].starts_with("section: unknown value \"x\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[3].starts_with("fields[0].ui_element (field \"a\"): unknown value \"dropdown\""),
+        "{found:#?}"
+    );
+    assert!(
+        found[4].starts_with("run.timeout_secs: 0 is out of range"),
+        "{found:#?}"
+    );
 }
 
 #[test]
@@ -496,7 +588,7 @@ fn manifest_json_same_rules() {
     let error = Manifest::from_json_slice(json).expect_err("invalid");
     assert_eq!(
         error.problems(),
-        ["fields[0].ui_element: unknown value \"dropdown\"; expected one of text, textarea, select, date"]
+        ["fields[0].ui_element (field \"a\"): unknown value \"dropdown\"; expected one of text, textarea, select, date"]
     );
 
     let json = br#"{"name": "x", "run": {"command": ["python3", "agent.py"], "timeout_secs": 5},
@@ -504,4 +596,153 @@ fn manifest_json_same_rules() {
     let manifest = Manifest::from_json_slice(json).unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(manifest.section_element_type, ["ip"]);
     assert_eq!(manifest.timeout(), Some(std::time::Duration::from_secs(5)));
+}
+
+/// A prefill without keywords is checked against its own field's rules, since every form
+/// submitted unchanged would carry it.
+#[test]
+fn manifest_literal_prefill_rules() {
+    let text = r#"
+name = "x"
+
+[[fields]]
+name = "ticket"
+value = "T-1"
+regex = "TCK-[0-9]{4}"
+
+[[fields]]
+name = "urgency"
+ui_element = "select"
+options = [{ label = "High", value = "high" }, { value = "low" }]
+value = "urgent"
+
+[[fields]]
+name = "due"
+ui_element = "date"
+value = "tomorrow"
+
+[[fields]]
+name = "level"
+ui_element = "select"
+options = [{ label = "High", value = "high" }]
+value = "High"
+
+[[fields]]
+name = "when"
+ui_element = "date"
+value = "2026-02-30"
+"#;
+    assert_eq!(
+        problems(text),
+        [
+            "fields[0].value (field \"ticket\"): prefill \"T-1\" does not match the regex \
+             TCK-[0-9]{4} as a whole; change the prefill or the field's rules",
+            "fields[1].value (field \"urgency\"): prefill \"urgent\" is not one of the option \
+             values: high, low; change the prefill or the field's rules",
+            "fields[2].value (field \"due\"): prefill \"tomorrow\" is not a date in the form \
+             YYYY-MM-DD, such as 2024-02-29; change the prefill or the field's rules",
+            "fields[3].value (field \"level\"): prefill \"High\" is not one of the option values: \
+             high; \"High\" is the label of option \"high\"; change the prefill or the field's rules",
+            "fields[4].value (field \"when\"): prefill \"2026-02-30\" is not a real date: \
+             February 2026 has 28 days; change the prefill or the field's rules",
+        ]
+    );
+}
+
+/// Prefills that obey their rules, contain a keyword or are empty are accepted, and so is a
+/// field whose definition is already wrong (its prefill is not judged against broken rules).
+#[test]
+fn manifest_prefills_accepted() {
+    let manifest = parse(
+        r#"
+name = "x"
+
+[[fields]]
+name = "ticket"
+value = "TCK-0001"
+regex = "TCK-[0-9]{4}"
+
+[[fields]]
+name = "start"
+ui_element = "date"
+value = "SIFT-TIMELINE-SELECTION-START"
+
+[[fields]]
+name = "due"
+ui_element = "date"
+value = ""
+
+[[fields]]
+name = "level"
+ui_element = "select"
+options = [{ value = "high" }]
+value = "high"
+"#,
+    );
+    assert_eq!(manifest.fields.len(), 4);
+
+    assert_eq!(
+        problems("name = \"x\"\n[[fields]]\nname = \"a\"\nregex = \"(\"\nvalue = \"zzz\"\n"),
+        ["fields[0].regex (field \"a\"): invalid regex \"(\": unclosed group; see the syntax of the Rust regex crate"]
+    );
+}
+
+/// `optional` parses, defaults to false and survives the round trips; an empty prefill of an
+/// optional date field is valid.
+#[test]
+fn manifest_optional_field() {
+    let manifest = parse(
+        "name = \"x\"\n[[fields]]\nname = \"due\"\nui_element = \"date\"\noptional = true\n\
+         [[fields]]\nname = \"note\"\n",
+    );
+    assert!(manifest.fields[0].optional);
+    assert!(!manifest.fields[1].optional);
+
+    let toml_text = toml::to_string(&manifest).expect("manifest serialises to TOML");
+    assert_eq!(parse(&toml_text), manifest, "TOML:\n{toml_text}");
+    let json = serde_json::to_value(&manifest).expect("manifest serialises to JSON");
+    assert_eq!(json["fields"][0]["optional"], true);
+    assert_eq!(json["fields"][1].get("optional"), None);
+}
+
+/// Problems inside a field name it, so `fields[2]` (counted from 0) needs no counting.
+#[test]
+fn manifest_problem_names_field() {
+    let error = Manifest::from_toml_str(
+        "name = \"x\"\n[[fields]]\nname = \"a\"\n[[fields]]\nname = \"b\"\n\
+         [[fields]]\nname = \"due\"\nregex = \"(\"\n",
+    )
+    .expect_err("invalid regex");
+    let ManifestError::Invalid { problems, .. } = &error else {
+        panic!("expected validation problems, got {error}");
+    };
+    assert_eq!(problems[0].path, "fields[2].regex");
+    assert_eq!(problems[0].field.as_deref(), Some("due"));
+    assert!(
+        problems[0]
+            .to_string()
+            .starts_with("fields[2].regex (field \"due\"): invalid regex"),
+        "{error}"
+    );
+}
+
+/// A stored manifest whose literal prefill predates the prefill check still loads, while the
+/// same JSON from a user is rejected.
+#[test]
+fn manifest_stored_json_skips_prefill_check() {
+    let json = br#"{"name": "x", "fields": [{"name": "level", "ui_element": "select",
+        "options": [{"value": "high"}], "value": "urgent"}]}"#;
+    let error = Manifest::from_json_slice(json).expect_err("literal prefill breaks its rule");
+    assert_eq!(
+        error.problems(),
+        ["fields[0].value (field \"level\"): prefill \"urgent\" is not one of the option values: \
+          high; change the prefill or the field's rules"]
+    );
+
+    let stored = Manifest::from_stored_json(json).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(stored.fields[0].value.as_deref(), Some("urgent"));
+
+    // Every other rule still applies.
+    let error = Manifest::from_stored_json(br#"{"name": "x", "colour": 1}"#).expect_err("unknown");
+    assert_eq!(error.problems().len(), 1);
 }

@@ -1,100 +1,100 @@
 //! The manifest as written, and its validation into [`Manifest`].
+//!
+//! Validation reads a tree of JSON values (TOML is converted to one) instead of typed structs.
+//! An unknown key or a value of the wrong type is then one more problem with its key path, and
+//! the other problems are still found. The rules of form fields live in [`super::fields`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::fields::validate_fields;
+use super::raw::{describe, toml_to_json, Problems, Table};
 use super::{
-    Field, FieldRegex, Manifest, ManifestProblem, Run, Section, SectionElement, SelectOption,
-    UiElement, MAX_FIELD_NAME_CHARS, MAX_NAME_CHARS, TIMEOUT_SECS_RANGE,
+    Manifest, ManifestProblem, Run, Section, SectionElement, MAX_NAME_CHARS, TIMEOUT_SECS_RANGE,
 };
 
-/// The manifest as serde reads it from TOML or JSON, before validation.
-///
-/// Values whose rules are checked later are kept loose (`Option`, strings, JSON values) so that
-/// validation can report every problem with its key path, instead of serde stopping at the first.
+/// Keys of the manifest's top level.
+const MANIFEST_KEYS: &[&str] = &[
+    "name",
+    "take_user_input",
+    "section",
+    "section_element",
+    "section_element_type",
+    "fields",
+    "env",
+    "run",
+];
+/// Keys of the `[run]` table.
+const RUN_KEYS: &[&str] = &["command", "timeout_secs"];
+
+/// Whether validation checks prefills without keywords against their fields' rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Prefills {
+    /// Check them: for manifests that users write.
+    Check,
+    /// Skip the check: for manifests stored before it existed.
+    Skip,
+}
+
+/// The manifest as written, before validation: any JSON value.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawManifest {
-    name: Option<String>,
-    take_user_input: Option<bool>,
-    section: Option<String>,
-    section_element: Option<String>,
-    section_element_type: Option<Value>,
-    #[serde(default)]
-    fields: Vec<RawField>,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    run: Option<RawRun>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawField {
-    name: Option<String>,
-    label: Option<String>,
-    ui_element: Option<String>,
-    options: Option<Vec<RawOption>>,
-    value: Option<String>,
-    regex: Option<String>,
-    validation_message: Option<String>,
-    tooltip: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOption {
-    label: Option<String>,
-    value: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRun {
-    command: Option<Value>,
-    timeout_secs: Option<i64>,
-}
-
-/// Collects problems while validating.
-#[derive(Default)]
-struct Problems(Vec<ManifestProblem>);
-
-impl Problems {
-    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ManifestProblem {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-}
+#[serde(transparent)]
+pub struct RawManifest(Value);
 
 impl RawManifest {
-    /// Checks every rule and returns the manifest, or every problem found.
-    pub(super) fn validate(self) -> Result<Manifest, Vec<ManifestProblem>> {
-        let mut problems = Problems::default();
+    /// Wraps a parsed JSON manifest.
+    pub(super) fn from_json(value: Value) -> Self {
+        Self(value)
+    }
 
-        let name = validate_name(self.name, &mut problems);
-        let (section, section_element) =
-            validate_placement(self.section, self.section_element, &mut problems);
-        let section_element_type = validate_element_types(
-            self.section_element_type,
-            section,
-            section_element,
-            &mut problems,
-        );
-        let fields = validate_fields(self.fields, &mut problems);
-        let env = validate_env(self.env, &mut problems);
-        let run = self.run.map(|run| validate_run(run, &mut problems));
+    /// Wraps a parsed TOML manifest.
+    pub(super) fn from_toml(table: toml::Table) -> Self {
+        Self(toml_to_json(toml::Value::Table(table)))
+    }
+
+    /// Checks every rule and returns the manifest, or every problem found.
+    pub fn validate(self) -> Result<Manifest, Vec<ManifestProblem>> {
+        self.validate_with(Prefills::Check)
+    }
+
+    /// Checks every rule, the check of prefills without keywords only when `prefills` asks for
+    /// it, and returns the manifest or every problem found.
+    pub(super) fn validate_with(
+        self,
+        prefills: Prefills,
+    ) -> Result<Manifest, Vec<ManifestProblem>> {
+        let mut problems = Problems::default();
+        let Value::Object(entries) = &self.0 else {
+            problems.add(
+                "manifest",
+                format!(
+                    "expected a table of keys such as name and fields, found {}",
+                    describe(&self.0)
+                ),
+            );
+            return Err(problems.0);
+        };
+        let table = Table::new(entries, "");
+        table.check_keys(MANIFEST_KEYS, "the manifest", &mut problems);
+
+        let name = validate_name(&table, &mut problems);
+        let take_user_input = table.boolean("take_user_input", &mut problems);
+        let placement = validate_placement(&table, &mut problems);
+        let section_element_type = validate_element_types(&table, &placement, &mut problems);
+        let fields = validate_fields(&table, prefills, &mut problems);
+        let env = validate_env(&table, &mut problems);
+        let run = validate_run(&table, &mut problems);
 
         if !problems.0.is_empty() {
             return Err(problems.0);
         }
         Ok(Manifest {
             name,
-            take_user_input: self.take_user_input.unwrap_or(true),
-            section,
-            section_element,
+            take_user_input: take_user_input.unwrap_or(true),
+            section: placement.section,
+            section_element: placement.element,
             section_element_type,
             fields,
             env,
@@ -103,12 +103,15 @@ impl RawManifest {
     }
 }
 
-fn validate_name(name: Option<String>, problems: &mut Problems) -> String {
-    let Some(name) = name else {
+fn validate_name(table: &Table<'_>, problems: &mut Problems) -> String {
+    if table.get("name").is_none() {
         problems.add(
             "name",
             "missing; a manifest must name its integration, for example name = \"Slack\"",
         );
+        return String::new();
+    }
+    let Some(name) = table.string("name", problems) else {
         return String::new();
     };
     let name = name.trim().to_owned();
@@ -124,76 +127,81 @@ fn validate_name(name: Option<String>, problems: &mut Problems) -> String {
     name
 }
 
-fn validate_placement(
-    section: Option<String>,
-    element: Option<String>,
-    problems: &mut Problems,
-) -> (Option<Section>, Option<SectionElement>) {
-    let section = section.and_then(|text| {
+/// The placement keys as validated.
+struct Placement {
+    section: Option<Section>,
+    element: Option<SectionElement>,
+    /// False when `section` or `section_element` is set but invalid, so rules that depend on
+    /// the placement cannot be checked.
+    valid: bool,
+}
+
+fn validate_placement(table: &Table<'_>, problems: &mut Problems) -> Placement {
+    let section_set = table.get("section").is_some();
+    let section = table.string("section", problems).and_then(|text| {
         let found = Section::ALL
             .iter()
             .copied()
             .find(|section| section.as_str() == text);
         if found.is_none() {
-            problems.add(
-                "section",
-                format!(
-                    "unknown value {text:?}; expected one of {}",
-                    join(Section::ALL.iter().map(|section| section.as_str()))
-                ),
-            );
+            let names = Section::ALL.iter().map(|section| section.as_str());
+            problems.add("section", unknown_value(&text, "", names));
         }
         found
     });
-
-    let element = element.and_then(|text| {
-        let allowed: Vec<SectionElement> = match section {
-            Some(section) => section.elements().to_vec(),
-            None => Section::ALL
-                .iter()
-                .flat_map(|section| section.elements().iter().copied())
-                .collect(),
+    if section_set && section.is_none() {
+        // The section decides which elements are valid, so the element and the element types
+        // cannot be judged until it is fixed: their problems would only mislead.
+        return Placement {
+            section: None,
+            element: None,
+            valid: false,
         };
-        let found = allowed
-            .iter()
-            .copied()
-            .find(|element| element.as_str() == text);
-        match (section, found) {
-            (Some(section), None) => problems.add(
-                "section_element",
-                format!(
-                    "unknown value {text:?} for section {:?}; expected one of {}",
-                    section.as_str(),
-                    join(allowed.iter().map(|element| element.as_str()))
-                ),
-            ),
-            (None, _) => problems.add(
+    }
+
+    let element_set = table.get("section_element").is_some();
+    let element = table.string("section_element", problems).and_then(|text| {
+        let Some(section) = section else {
+            problems.add(
                 "section_element",
                 format!(
                     "{text:?} is set without a section; also set section to one of {}",
                     join(Section::ALL.iter().map(|section| section.as_str()))
                 ),
-            ),
-            (Some(_), Some(_)) => {}
+            );
+            return None;
+        };
+        let allowed = section.elements();
+        let found = allowed
+            .iter()
+            .copied()
+            .find(|element| element.as_str() == text);
+        if found.is_none() {
+            let names = allowed.iter().map(|element| element.as_str());
+            let qualifier = format!(" for section {:?}", section.as_str());
+            problems.add("section_element", unknown_value(&text, &qualifier, names));
         }
-        found.filter(|_| section.is_some())
+        found
     });
 
-    (section, element)
+    Placement {
+        section,
+        element,
+        valid: !element_set || element.is_some(),
+    }
 }
 
 fn validate_element_types(
-    types: Option<Value>,
-    section: Option<Section>,
-    element: Option<SectionElement>,
+    table: &Table<'_>,
+    placement: &Placement,
     problems: &mut Problems,
 ) -> Vec<String> {
     let path = "section_element_type";
-    let types = match types {
+    let types: Vec<(String, &Value)> = match table.get(path) {
         None => return Vec::new(),
-        Some(Value::String(single)) => vec![(path.to_owned(), Value::String(single))],
+        Some(single @ Value::String(_)) => vec![(path.to_owned(), single)],
         Some(Value::Array(items)) => items
-            .into_iter()
+            .iter()
             .enumerate()
             .map(|(index, item)| (format!("{path}[{index}]"), item))
             .collect(),
@@ -202,7 +210,7 @@ fn validate_element_types(
                 path,
                 format!(
                     "expected a string or a list of strings, found {}",
-                    describe(&other)
+                    describe(other)
                 ),
             );
             return Vec::new();
@@ -218,18 +226,18 @@ fn validate_element_types(
             Value::String(text) => valid.push(text.trim().to_owned()),
             other => problems.add(
                 item_path,
-                format!("expected a string, found {}", describe(&other)),
+                format!("expected a string, found {}", describe(other)),
             ),
         }
     }
 
     let typed_element = matches!(
-        element,
+        placement.element,
         None | Some(SectionElement::Nodes | SectionElement::Edges)
     );
-    let typed_placement = section == Some(Section::Canvas) && typed_element;
-    if !valid.is_empty() && !typed_placement {
-        let placement = match (section, element) {
+    let typed_placement = placement.section == Some(Section::Canvas) && typed_element;
+    if !valid.is_empty() && placement.valid && !typed_placement {
+        let placement = match (placement.section, placement.element) {
             (Some(section), Some(element)) => {
                 format!(
                     "section {:?} with section_element {:?}",
@@ -251,198 +259,112 @@ fn validate_element_types(
     valid
 }
 
-fn validate_fields(raw_fields: Vec<RawField>, problems: &mut Problems) -> Vec<Field> {
-    let mut fields = Vec::with_capacity(raw_fields.len());
-    let mut first_index: HashMap<String, usize> = HashMap::new();
-
-    for (index, raw) in raw_fields.into_iter().enumerate() {
-        let path = format!("fields[{index}]");
-
-        let name = match raw.name {
-            None => {
-                problems.add(format!("{path}.name"), "missing; every field needs a name");
-                String::new()
-            }
-            Some(name) => {
-                if !is_field_name(&name) {
-                    problems.add(
-                        format!("{path}.name"),
-                        format!(
-                            "invalid name {name:?}; use ASCII letters, digits, \"_\" and \"-\", \
-                             starting with a letter or \"_\", at most {MAX_FIELD_NAME_CHARS} characters"
-                        ),
-                    );
-                } else if let Some(first) = first_index.get(&name) {
-                    problems.add(
-                        format!("{path}.name"),
-                        format!("duplicate name {name:?}; fields[{first}] already uses it"),
-                    );
-                } else {
-                    first_index.insert(name.clone(), index);
-                }
-                name
-            }
-        };
-
-        let ui_element = match raw.ui_element {
-            None => UiElement::default(),
-            Some(text) => match UiElement::ALL.iter().find(|kind| kind.as_str() == text) {
-                Some(kind) => *kind,
-                None => {
-                    problems.add(
-                        format!("{path}.ui_element"),
-                        format!(
-                            "unknown value {text:?}; expected one of {}",
-                            join(UiElement::ALL.iter().map(|kind| kind.as_str()))
-                        ),
-                    );
-                    UiElement::default()
-                }
-            },
-        };
-
-        let options = validate_options(&path, ui_element, raw.options, problems);
-
-        let regex = raw.regex.and_then(|source| match FieldRegex::new(&source) {
-            Ok(regex) => Some(regex),
-            Err(error) => {
-                problems.add(
-                    format!("{path}.regex"),
-                    format!(
-                        "invalid regex {source:?}: {}; see the syntax of the Rust regex crate",
-                        regex_error_summary(&error)
-                    ),
-                );
-                None
-            }
-        });
-
-        fields.push(Field {
-            label: raw.label.unwrap_or_else(|| name.clone()),
-            name,
-            ui_element,
-            options,
-            value: raw.value,
-            regex,
-            validation_message: raw.validation_message,
-            tooltip: raw.tooltip,
-        });
-    }
-    fields
-}
-
-fn validate_options(
-    path: &str,
-    ui_element: UiElement,
-    raw_options: Option<Vec<RawOption>>,
-    problems: &mut Problems,
-) -> Vec<SelectOption> {
-    let path = format!("{path}.options");
-    let raw_options = raw_options.unwrap_or_default();
-
-    if ui_element != UiElement::Select {
-        if !raw_options.is_empty() {
+fn validate_env(table: &Table<'_>, problems: &mut Problems) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let entries = match table.get("env") {
+        None => return env,
+        Some(Value::Object(entries)) => entries,
+        Some(other) => {
             problems.add(
-                path,
+                "env",
                 format!(
-                    "only ui_element = \"select\" takes options, and this field is {:?}; \
-                     remove the options or make it a select",
-                    ui_element.as_str()
+                    "expected a table of variable names and string values, found {}",
+                    describe(other)
                 ),
             );
+            return env;
         }
-        return Vec::new();
-    }
-    if raw_options.is_empty() {
-        problems.add(
-            path,
-            "missing; a select field needs at least one option, such as \
-             options = [{ label = \"High\", value = \"high\" }]",
-        );
-        return Vec::new();
-    }
+    };
 
-    let mut seen = HashSet::new();
-    let mut options = Vec::with_capacity(raw_options.len());
-    for (index, raw) in raw_options.into_iter().enumerate() {
-        let Some(value) = raw.value else {
-            problems.add(
-                format!("{path}[{index}].value"),
-                "missing; every option needs the value sent to the agent",
-            );
-            continue;
-        };
-        if !seen.insert(value.clone()) {
-            problems.add(
-                format!("{path}[{index}].value"),
-                format!("duplicate value {value:?}; option values must be unique"),
-            );
-        }
-        options.push(SelectOption {
-            label: raw.label.unwrap_or_else(|| value.clone()),
-            value,
-        });
-    }
-    options
-}
-
-fn validate_env(
-    env: BTreeMap<String, String>,
-    problems: &mut Problems,
-) -> BTreeMap<String, String> {
-    for (key, value) in &env {
+    for (key, value) in entries {
+        let path = format!("env.{key}");
         if !is_env_name(key) {
             problems.add(
-                format!("env.{key}"),
+                path.clone(),
                 format!(
                     "invalid variable name {key:?}; use ASCII letters, digits and \"_\", \
                      not starting with a digit"
                 ),
             );
         }
-        // Values are secrets, so the message names the key only.
-        if value.contains('\0') {
-            problems.add(
-                format!("env.{key}"),
+        // Values are secrets, so messages name the key and the type, never the value.
+        match value {
+            Value::String(text) if text.contains('\0') => problems.add(
+                path,
                 "value contains a NUL byte, which no process environment can carry",
-            );
+            ),
+            Value::String(text) => {
+                env.insert(key.clone(), text.clone());
+            }
+            other => problems.add(
+                path,
+                format!("expected a string value, found {}", type_name(other)),
+            ),
         }
     }
     env
 }
 
-fn validate_run(raw: RawRun, problems: &mut Problems) -> Run {
-    let command = raw
-        .command
-        .and_then(|command| validate_command(command, problems));
-
-    let timeout_secs = raw.timeout_secs.and_then(|secs| {
-        let valid = u64::try_from(secs)
-            .ok()
-            .filter(|secs| TIMEOUT_SECS_RANGE.contains(secs));
-        if valid.is_none() {
+fn validate_run(table: &Table<'_>, problems: &mut Problems) -> Option<Run> {
+    let entries = match table.get("run")? {
+        Value::Object(entries) => entries,
+        other => {
             problems.add(
-                "run.timeout_secs",
-                format!(
-                    "{secs} is out of range; expected an integer from {} to {}",
-                    TIMEOUT_SECS_RANGE.start(),
-                    TIMEOUT_SECS_RANGE.end()
-                ),
+                "run",
+                format!("expected a table ([run]), found {}", describe(other)),
             );
+            return None;
         }
-        valid
-    });
+    };
+    let run = Table::new(entries, "run");
+    run.check_keys(RUN_KEYS, "[run]", problems);
 
-    Run {
+    let command = run
+        .get("command")
+        .and_then(|command| validate_command(command, problems));
+    let timeout_secs = run
+        .get("timeout_secs")
+        .and_then(|secs| validate_timeout(secs, problems));
+    Some(Run {
         command,
         timeout_secs,
-    }
+    })
 }
 
-fn validate_command(command: Value, problems: &mut Problems) -> Option<Vec<String>> {
+fn validate_timeout(value: &Value, problems: &mut Problems) -> Option<u64> {
+    let path = "run.timeout_secs";
+    let Value::Number(number) = value else {
+        problems.add(
+            path,
+            format!(
+                "expected an integer number of seconds, found {}",
+                describe(value)
+            ),
+        );
+        return None;
+    };
+    let valid = number
+        .as_u64()
+        .filter(|secs| TIMEOUT_SECS_RANGE.contains(secs));
+    if valid.is_none() {
+        let message = if number.is_f64() {
+            format!("expected an integer number of seconds, found the number {number}")
+        } else {
+            format!(
+                "{number} is out of range; expected an integer from {} to {}",
+                TIMEOUT_SECS_RANGE.start(),
+                TIMEOUT_SECS_RANGE.end()
+            )
+        };
+        problems.add(path, message);
+    }
+    valid
+}
+
+fn validate_command(command: &Value, problems: &mut Problems) -> Option<Vec<String>> {
     let path = "run.command";
     let words = match command {
-        Value::String(line) => match shell_words::split(&line) {
+        Value::String(line) => match shell_words::split(line) {
             Ok(words) => words,
             Err(error) => {
                 problems.add(
@@ -454,12 +376,12 @@ fn validate_command(command: Value, problems: &mut Problems) -> Option<Vec<Strin
         },
         Value::Array(items) => {
             let mut words = Vec::with_capacity(items.len());
-            for (index, item) in items.into_iter().enumerate() {
+            for (index, item) in items.iter().enumerate() {
                 match item {
-                    Value::String(word) => words.push(word),
+                    Value::String(word) => words.push(word.clone()),
                     other => problems.add(
                         format!("{path}[{index}]"),
-                        format!("expected a string, found {}", describe(&other)),
+                        format!("expected a string, found {}", describe(other)),
                     ),
                 }
             }
@@ -470,7 +392,7 @@ fn validate_command(command: Value, problems: &mut Problems) -> Option<Vec<Strin
                 path,
                 format!(
                     "expected a list of strings or a command line, found {}",
-                    describe(&other)
+                    describe(other)
                 ),
             );
             return None;
@@ -496,18 +418,6 @@ fn validate_command(command: Value, problems: &mut Problems) -> Option<Vec<Strin
     Some(words)
 }
 
-/// Returns true for a field name: ASCII letters, digits, `_` and `-`, starting with a letter or
-/// `_`, at most [`MAX_FIELD_NAME_CHARS`] characters.
-fn is_field_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    first_ok
-        && name.len() <= MAX_FIELD_NAME_CHARS
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
 /// Returns true for a portable environment variable name: ASCII letters, digits and `_`, not
 /// starting with a digit.
 pub fn is_env_name(name: &str) -> bool {
@@ -518,25 +428,33 @@ pub fn is_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Returns the last line of a regex error, which states the problem without the pattern excerpt
-/// and caret that precede it.
-fn regex_error_summary(error: &regex::Error) -> String {
-    let text = error.to_string();
-    let last = text.lines().rev().find(|line| !line.trim().is_empty());
-    last.unwrap_or(&text)
-        .trim()
-        .trim_start_matches("error: ")
-        .to_owned()
+/// Describes a value that is not one of `allowed`, with the closest allowed value when the text
+/// looks like a misspelling of it. `qualifier` follows the value, such as ` for section "canvas"`.
+pub(super) fn unknown_value<'a>(
+    text: &str,
+    qualifier: &str,
+    allowed: impl Iterator<Item = &'a str>,
+) -> String {
+    let allowed: Vec<&str> = allowed.collect();
+    let mut message = format!(
+        "unknown value {text:?}{qualifier}; expected one of {}",
+        allowed.join(", ")
+    );
+    if let Some(suggestion) = crate::suggest::closest(text, allowed.iter().copied()) {
+        message.push_str(&format!("; did you mean {suggestion:?}?"));
+    }
+    message
 }
 
-fn describe(value: &Value) -> String {
+/// Names a value's type without its value, for values that may be secret.
+fn type_name(value: &Value) -> &'static str {
     match value {
-        Value::Null => "null".to_owned(),
-        Value::Bool(flag) => format!("the boolean {flag}"),
-        Value::Number(number) => format!("the number {number}"),
-        Value::String(text) => format!("the string {text:?}"),
-        Value::Array(_) => "a list".to_owned(),
-        Value::Object(_) => "a table".to_owned(),
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a table or a TOML date-time",
     }
 }
 

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::scan::find_objects;
+use super::scan::{scan, Scan};
 
 /// The action used when a reply has no `action`.
 pub const DEFAULT_ACTION: &str = "popup-message";
@@ -33,6 +33,9 @@ pub struct InfoReply {
     pub timestamp: Option<i64>,
     /// 0 for success; any other value means the agent failed.
     pub return_code: i64,
+    /// Number of other `info` objects on stdout, which were not used: more than 0 means that the
+    /// agent replied more than once.
+    pub ignored_replies: usize,
     /// The whole reply after normalisation: `return_code` (default 0) and `action` (default
     /// `popup-message`) are always present, the payload is an object, and numeric strings in
     /// `job_id`, `return_code` and `timestamp` are integers.
@@ -65,6 +68,21 @@ pub enum ReplyError {
         objects_seen: usize,
         /// The distinct `type` values of the objects found, in order of appearance.
         other_types: Vec<String>,
+    },
+
+    /// No JSON object of the expected type starts at a line start, and stdout ends inside a JSON
+    /// value: the agent exited, or was cut off, before it finished writing.
+    #[error(
+        "expected one JSON object with \"type\":\"{expected_type}\" on stdout, but stdout ends \
+         inside the JSON value that starts on line {line}: `{excerpt}`"
+    )]
+    Truncated {
+        /// The `type` that was looked for: `heartbeat` or `info`.
+        expected_type: &'static str,
+        /// Line of stdout (1-based) where the unfinished value starts.
+        line: usize,
+        /// The first characters of the unfinished value, with control characters escaped.
+        excerpt: String,
     },
 
     /// The reply names another job.
@@ -111,11 +129,16 @@ pub enum ReplyError {
 ///
 /// # Errors
 ///
-/// [`ReplyError::NoReply`] when no candidate has type `info`, [`ReplyError::JobIdMismatch`] when
+/// [`ReplyError::NoReply`] when no candidate has type `info`, [`ReplyError::Truncated`] when
+/// stdout also ends inside a JSON value, [`ReplyError::JobIdMismatch`] when
 /// the reply names another job, [`ReplyError::UnknownAction`], [`ReplyError::MissingMessage`], and
 /// [`ReplyError::Malformed`] for a field of the wrong type.
 pub fn parse_info_reply(stdout: &[u8], expected_job_id: u64) -> Result<InfoReply, ReplyError> {
-    let (mut object, job_id) = select_reply(stdout, "info", expected_job_id)?;
+    let Selected {
+        mut object,
+        job_id,
+        ignored: ignored_replies,
+    } = select_reply(stdout, "info", expected_job_id)?;
 
     let action = normalise_action(&mut object)?;
     let (message, url, url_label) = normalise_payload(&mut object)?;
@@ -149,6 +172,7 @@ pub fn parse_info_reply(stdout: &[u8], expected_job_id: u64) -> Result<InfoReply
         url_label,
         timestamp,
         return_code,
+        ignored_replies,
         raw: Value::Object(object),
     })
 }
@@ -159,14 +183,25 @@ pub fn parse_info_reply(stdout: &[u8], expected_job_id: u64) -> Result<InfoReply
 ///
 /// # Errors
 ///
-/// [`ReplyError::NoReply`] when no candidate has type `heartbeat`, and
+/// [`ReplyError::NoReply`] when no candidate has type `heartbeat`, [`ReplyError::Truncated`] when
+/// stdout also ends inside a JSON value, and
 /// [`ReplyError::JobIdMismatch`] or [`ReplyError::Malformed`] for a bad `job_id`.
 pub fn parse_heartbeat(stdout: &[u8], expected_job_id: u64) -> Result<Heartbeat, ReplyError> {
-    let (object, job_id) = select_reply(stdout, "heartbeat", expected_job_id)?;
+    let Selected { object, job_id, .. } = select_reply(stdout, "heartbeat", expected_job_id)?;
     Ok(Heartbeat {
         job_id,
         raw: Value::Object(object),
     })
+}
+
+/// The reply that [`select_reply`] chose.
+struct Selected {
+    /// The reply, with an integer `job_id`.
+    object: Map<String, Value>,
+    /// The job id the reply names.
+    job_id: Option<u64>,
+    /// Number of other objects of the same type, which were not chosen.
+    ignored: usize,
 }
 
 /// Chooses the reply of `expected_type` and checks its job id, which it turns into an integer.
@@ -174,8 +209,11 @@ fn select_reply(
     stdout: &[u8],
     expected_type: &'static str,
     expected_job_id: u64,
-) -> Result<(Map<String, Value>, Option<u64>), ReplyError> {
-    let objects = find_objects(stdout);
+) -> Result<Selected, ReplyError> {
+    let Scan {
+        objects,
+        unterminated,
+    } = scan(stdout);
     let objects_seen = objects.len();
 
     let mut other_types: Vec<String> = Vec::new();
@@ -206,13 +244,24 @@ fn select_reply(
         Some(index) => index,
         None if !typed.is_empty() => typed.len() - 1,
         None => {
+            if let Some(start) = unterminated {
+                return Err(ReplyError::Truncated {
+                    expected_type,
+                    line: 1 + stdout[..start]
+                        .iter()
+                        .filter(|&&byte| byte == b'\n')
+                        .count(),
+                    excerpt: excerpt(&stdout[start..]),
+                });
+            }
             return Err(ReplyError::NoReply {
                 expected_type,
                 objects_seen,
                 other_types,
-            })
+            });
         }
     };
+    let ignored = typed.len() - 1;
     let mut object = typed.swap_remove(index);
 
     let job_id = match object.get("job_id") {
@@ -231,7 +280,11 @@ fn select_reply(
     if let Some(id) = job_id {
         object.insert("job_id".to_owned(), Value::from(id));
     }
-    Ok((object, job_id))
+    Ok(Selected {
+        object,
+        job_id,
+        ignored,
+    })
 }
 
 /// Fills in the default action and checks that the action is known.
@@ -381,6 +434,22 @@ fn describe_value(value: &Value) -> String {
     }
 }
 
+/// Returns the first [`MAX_QUOTED_CHARS`] characters of `bytes` as text, with control characters
+/// escaped so that the excerpt stays on one line.
+fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = truncate(text.trim_end());
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn quote(text: &str) -> String {
     format!("{:?}", truncate(text))
 }
@@ -484,7 +553,16 @@ mod tests {
     fn reply_matching_job_id_wins() {
         let other = json!({"type": "info", "job_id": JOB + 1, "payload": {"message": "other"}});
         let stdout = format!("{}\n{other}\n", reply_line("mine"));
-        assert_eq!(info(&stdout).expect("matching reply").message, "mine");
+        let reply = info(&stdout).expect("matching reply");
+        assert_eq!(reply.message, "mine");
+        assert_eq!(reply.ignored_replies, 1);
+    }
+
+    /// Objects of other types are not replies, so they are not counted as ignored ones.
+    #[test]
+    fn reply_single_among_other_objects() {
+        let stdout = format!("{{\"type\":\"log\"}}\n{}\n{{\"x\":1}}\n", reply_line("one"));
+        assert_eq!(info(&stdout).expect("reply").ignored_replies, 0);
     }
 
     #[test]
@@ -494,6 +572,7 @@ mod tests {
         let reply = info(&format!("{first}\n{second}\n")).expect("last reply");
         assert_eq!(reply.message, "second");
         assert_eq!(reply.job_id, None);
+        assert_eq!(reply.ignored_replies, 1);
     }
 
     #[test]
@@ -719,11 +798,66 @@ mod tests {
         let stdout =
             format!("log\n{{\"type\":\"info\",\"job_id\":{JOB},\"payload\":{{\"message\":\"cut");
         let error = info(&stdout).expect_err("truncated");
+        assert_eq!(
+            error,
+            ReplyError::Truncated {
+                expected_type: "info",
+                line: 2,
+                excerpt: format!(
+                    "{{\"type\":\"info\",\"job_id\":{JOB},\"payload\":{{\"message\":\"cut"
+                ),
+            }
+        );
+    }
+
+    /// The message states that the output ended inside a value and quotes its start.
+    #[test]
+    fn reply_truncated_message_quotes_start() {
+        let error = info("{\"type\": \"info\", \"job_id\": 17").expect_err("truncated");
+        assert_eq!(
+            error.to_string(),
+            "expected one JSON object with \"type\":\"info\" on stdout, but stdout ends inside \
+             the JSON value that starts on line 1: `{\"type\": \"info\", \"job_id\": 17`"
+        );
+    }
+
+    /// A long value is quoted in part, on one line.
+    #[test]
+    fn reply_truncated_excerpt_is_short_and_one_line() {
+        let stdout = format!(
+            "{{\"type\": \"info\",\n\t\"payload\": \"{}",
+            "x".repeat(500)
+        );
+        let ReplyError::Truncated { excerpt, .. } = info(&stdout).expect_err("truncated") else {
+            panic!("expected a truncated reply");
+        };
+        assert!(
+            excerpt.starts_with("{\"type\": \"info\",\\n\\t\"payload\""),
+            "{excerpt}"
+        );
+        assert!(excerpt.ends_with("x…"), "{excerpt}");
+        assert!(!excerpt.contains('\n'), "{excerpt}");
+    }
+
+    /// A complete reply wins over a value cut off after it.
+    #[test]
+    fn reply_before_truncated_value_is_used() {
+        let stdout = format!(
+            "{}\n{{\"type\": \"info\", \"payload\":",
+            reply_line("first")
+        );
+        assert_eq!(info(&stdout).expect("valid reply").message, "first");
+    }
+
+    #[test]
+    fn heartbeat_truncated_at_eof() {
+        let error = parse_heartbeat(b"{\"type\": \"heart", JOB).expect_err("truncated");
         assert!(
             matches!(
                 error,
-                ReplyError::NoReply {
-                    objects_seen: 0,
+                ReplyError::Truncated {
+                    expected_type: "heartbeat",
+                    line: 1,
                     ..
                 }
             ),
@@ -798,7 +932,10 @@ mod tests {
         let line = "{\"a\":[\n";
         let stdout = line.repeat(1024 * 1024 / line.len());
         let error = info(&stdout).expect_err("no reply in hostile output");
-        assert!(matches!(error, ReplyError::NoReply { .. }), "{error:?}");
+        assert!(
+            matches!(error, ReplyError::Truncated { line: 1, .. }),
+            "{error:?}"
+        );
     }
 
     #[test]

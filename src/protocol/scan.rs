@@ -25,11 +25,29 @@ use serde_json::{Map, Value};
 /// Deepest bracket nesting, counted from a candidate's `{`, that a reply may have.
 pub(crate) const MAX_DEPTH: usize = 100;
 
-/// Returns the JSON objects that start at a line start in `output`, in order of appearance.
-///
-/// Objects nested in another returned object are not returned on their own.
-pub(crate) fn find_objects(output: &[u8]) -> Vec<Map<String, Value>> {
-    let spans = balanced_spans(output);
+/// What [`scan`] found in an agent's output.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Scan {
+    /// The JSON objects that start at a line start, in order of appearance. Objects nested in
+    /// another returned object are not returned on their own.
+    pub objects: Vec<Map<String, Value>>,
+    /// Byte offset of the first candidate whose brackets are still open where the output ends:
+    /// the agent stopped writing in the middle of a JSON value.
+    pub unterminated: Option<usize>,
+}
+
+/// Finds the JSON objects that start at a line start in `output`, and a candidate that the end
+/// of the output cuts off.
+pub(crate) fn scan(output: &[u8]) -> Scan {
+    let (spans, unterminated) = balanced_spans(output);
+    Scan {
+        objects: parse_spans(output, spans),
+        unterminated,
+    }
+}
+
+/// Parses the balanced candidate spans in order, as described in the module documentation.
+fn parse_spans(output: &[u8], spans: Vec<Range<usize>>) -> Vec<Map<String, Value>> {
     let mut objects = Vec::new();
     let mut taken_until = 0;
     // Failed spans that enclose the current one: (span end, byte offset of the parse error).
@@ -90,8 +108,9 @@ struct Frame {
     candidate: Option<usize>,
 }
 
-/// Returns the spans of all candidates whose brackets balance, in order of their start.
-fn balanced_spans(output: &[u8]) -> Vec<Range<usize>> {
+/// Returns the spans of all candidates whose brackets balance, in order of their start, and the
+/// start of the outermost candidate that is still open at the end of `output`.
+fn balanced_spans(output: &[u8]) -> (Vec<Range<usize>>, Option<usize>) {
     // Every candidate gets an entry when it opens, so the list stays in order of start without
     // sorting. `usize::MAX` marks a candidate that has not closed (yet).
     let mut spans: Vec<Range<usize>> = Vec::new();
@@ -100,12 +119,16 @@ fn balanced_spans(output: &[u8]) -> Vec<Range<usize>> {
     let mut escaped = false;
     // True while the current line has had only whitespace so far.
     let mut at_line_start = true;
+    // Start of the candidate at the bottom of the stack. The depth cap may drop its frame, but
+    // the output is still inside it until the stack empties.
+    let mut outermost = 0;
 
     for (index, &byte) in output.iter().enumerate() {
         // Outside any candidate only line starts matter.
         if stack.is_empty() {
             match byte {
                 b'{' if at_line_start => {
+                    outermost = index;
                     spans.push(index..usize::MAX);
                     stack.push_back(Frame {
                         open: byte,
@@ -177,13 +200,18 @@ fn balanced_spans(output: &[u8]) -> Vec<Range<usize>> {
             _ => at_line_start = false,
         }
     }
+    let unterminated = (!stack.is_empty()).then_some(outermost);
     spans.retain(|span| span.end != usize::MAX);
-    spans
+    (spans, unterminated)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn find_objects(output: &[u8]) -> Vec<Map<String, Value>> {
+        scan(output).objects
+    }
 
     fn types(output: &str) -> Vec<String> {
         find_objects(output.as_bytes())
@@ -267,6 +295,40 @@ mod tests {
         let mut output = "{\"a\":[\n".repeat(MAX_DEPTH * 2);
         output.push_str("{\"deep\":1}\n");
         assert_eq!(types(&output), [r#"{"deep":1}"#]);
+    }
+
+    #[test]
+    fn scan_reports_value_cut_off_at_end() {
+        let output = b"log line\n{\"type\": \"info\", \"payload\": {\"message\": \"cut";
+        let found = scan(output);
+        assert!(found.objects.is_empty());
+        assert_eq!(found.unterminated, Some(9));
+    }
+
+    /// The outermost open candidate is reported, not one nested in it.
+    #[test]
+    fn scan_reports_outermost_open_candidate() {
+        let found = scan(b"{\"a\":1}\n{\"b\":[\n{\"c\":1}\n{\"d\":");
+        assert_eq!(found.objects.len(), 2);
+        assert_eq!(found.unterminated, Some(8));
+    }
+
+    /// Output that ends after a complete object, or in a candidate that already failed, is not
+    /// cut off.
+    /// Past the depth cap, the value that the output is cut off in is still the first one.
+    #[test]
+    fn scan_reports_open_candidate_past_depth_cap() {
+        let output = "{\"a\":[\n".repeat(MAX_DEPTH * 3);
+        assert_eq!(scan(output.as_bytes()).unterminated, Some(0));
+    }
+
+    #[test]
+    fn scan_without_open_candidate_at_end() {
+        assert_eq!(scan(b"{\"a\":1}\n").unterminated, None);
+        assert_eq!(scan(b"{\"a\":1}").unterminated, None);
+        assert_eq!(scan(b"{\"a\":\"x\ny\"").unterminated, None);
+        assert_eq!(scan(b"text {\"a\":").unterminated, None);
+        assert_eq!(scan(b"").unterminated, None);
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn read_row(row: &Row<'_>, cipher: &EnvCipher) -> Result<IntegrationRecord, Stor
 
     let id = Uuid::parse_str(&agent_id).map_err(|error| corrupt("agent_id", error.to_string()))?;
     let name = text(get(1)?);
-    let manifest = Manifest::from_json_slice(text(get(2)?).as_bytes())
+    let manifest = Manifest::from_stored_json(text(get(2)?).as_bytes())
         .map_err(|error| corrupt("manifest", error.to_string()))?;
     let state_text = text(get(5)?);
     let state = BuildState::parse(&state_text)

@@ -15,9 +15,11 @@
 //!
 //! Work is split in two phases with different lifetimes:
 //!
-//! 1. [`Executor::prepare`] runs once per package version. Container backends build an image
-//!    tagged from the package digest (see [`image_tag`]) and skip the build when that tag exists.
-//!    The subprocess backend resolves the command line. The result, [`Prepared`], is plain data
+//! 1. [`Executor::prepare`] runs once per package version. Every backend first checks the
+//!    Dockerfile with [`check_dockerfile`], so that a package is valid on all of them or on
+//!    none. Container backends then build an image tagged from the package digest (see
+//!    [`image_tag`]) and skip the build when that tag exists. The subprocess backend resolves
+//!    the command line. The result, [`Prepared`], is plain data
 //!    that a caller may store and reuse across restarts.
 //! 2. [`Executor::run`] runs one job against a [`Prepared`] package. Every backend gives the same
 //!    guarantees: the message is written and stdin closed, stdout and stderr are drained at the
@@ -29,12 +31,14 @@
 
 mod capture;
 mod context;
+pub mod dockerfile;
 mod error;
 mod job;
 mod package;
 
 pub use capture::OutputCapture;
 pub use context::{build_context_tar, write_context_tar};
+pub use dockerfile::check_dockerfile;
 pub use error::ExecutorError;
 pub use job::{
     ExitStatus, JobEnd, JobOutcome, JobSpec, Limits, MessageKind, DEFAULT_MAX_STDOUT_BYTES,
@@ -90,7 +94,8 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     ///
-    /// [`ExecutorError::InvalidPackage`] when the package cannot run on this backend,
+    /// [`ExecutorError::InvalidPackage`] when [`check_dockerfile`] rejects the package or it
+    /// cannot run on this backend,
     /// [`ExecutorError::BuildFailed`] when an image build fails, and
     /// [`ExecutorError::Unavailable`] or [`ExecutorError::Runtime`] for runtime trouble.
     async fn prepare(&self, package: &PackageSpec) -> Result<Prepared, ExecutorError>;

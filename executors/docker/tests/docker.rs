@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use agentrun_docker::{DockerConfig, DockerExecutor};
 use agentrun_executor::{
-    Executor, ExecutorError, ExitStatus, JobEnd, JobSpec, Limits, MessageKind, LABEL_AGENT_ID,
-    LABEL_ENGINE, LABEL_JOB_ID,
+    image_tag, Executor, ExecutorError, ExitStatus, JobEnd, JobSpec, Limits, MessageKind,
+    LABEL_AGENT_ID, LABEL_ENGINE, LABEL_JOB_ID,
 };
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{RemoveContainerOptions, WaitContainerOptions};
@@ -619,6 +619,49 @@ async fn prepare_failing_run_names_step() {
     assert!(text.contains("at step `Step 3/"), "{text}");
 }
 
+/// A Dockerfile that names no agent, or whose exec form is not valid JSON, is rejected before
+/// anything is built, with the message every backend gives.
+#[tokio::test]
+async fn prepare_rejects_dockerfile_without_agent() {
+    let Some(fixture) = Fixture::connect("no-agent").await else {
+        return;
+    };
+    let cases = [
+        (
+            "no-command",
+            format!("FROM {}\nCOPY agent.sh /agent.sh\n", common::BASE_IMAGE),
+            "final stage (FROM agentrun-busybox:latest on line 1) has no ENTRYPOINT or CMD that \
+             starts the agent",
+        ),
+        (
+            "missing-comma",
+            format!(
+                "FROM {}\nCOPY agent.sh /agent.sh\nENTRYPOINT [\"/bin/sh\" \"/agent.sh\"]\n",
+                common::BASE_IMAGE
+            ),
+            "ENTRYPOINT on line 3 is not a valid JSON array",
+        ),
+    ];
+    for (name, dockerfile, expected) in cases {
+        let package = fixture.package(name, &dockerfile, &[("agent.sh", "cat\n")]);
+
+        let error = within("prepare", fixture.executor.prepare(&package))
+            .await
+            .expect_err("the package is invalid");
+
+        match &error {
+            ExecutorError::InvalidPackage { path, reason } => {
+                assert_eq!(path, &package.root);
+                assert!(reason.contains(expected), "{name}: {reason}");
+            }
+            other => panic!("{name}: expected an invalid package, got {other:?}"),
+        }
+        let tag = image_tag(&package.integration, &package.agent_id, &package.digest);
+        let inspected = within("inspect image", fixture.docker.inspect_image(&tag)).await;
+        assert!(inspected.is_err(), "{name}: image {tag} was built");
+    }
+}
+
 /// A build that runs past `build_timeout_secs` fails with a message naming the setting.
 #[tokio::test]
 async fn prepare_build_timeout_fails() {
@@ -632,7 +675,7 @@ async fn prepare_build_timeout_fails() {
     let package = fixture.package(
         "agent",
         &format!(
-            "FROM {}\nRUN echo slow-step && sleep 60\n",
+            "FROM {}\nRUN echo slow-step && sleep 60\nCMD [\"true\"]\n",
             common::BASE_IMAGE
         ),
         &[],

@@ -10,7 +10,7 @@ use podman_api::Podman;
 use tracing::{debug, info, warn};
 
 use crate::libpod::CallError;
-use crate::service::{ServiceCommand, ServiceProcess};
+use crate::service::{sweep_stale_dirs, ServiceCommand, ServiceProcess};
 use crate::{PodmanConfig, PodmanExecutor, EXECUTOR};
 
 /// Limit on one ping while probing a socket. A live service responds in milliseconds, and the
@@ -55,7 +55,7 @@ impl Connection {
     }
 
     /// Returns true when this connection's private service has exited.
-    fn service_exited(&self) -> bool {
+    pub(crate) fn service_exited(&self) -> bool {
         self.service
             .as_ref()
             .is_some_and(|service| service.has_exited())
@@ -144,13 +144,15 @@ impl PodmanExecutor {
     /// `/run/podman/podman.sock` when running as root or
     /// `$XDG_RUNTIME_DIR/podman/podman.sock` otherwise. When none responds to a ping, it starts
     /// `podman [--runtime R] system service --time <idle> unix://<socket>` on a socket in a
-    /// private directory and waits until it responds.
+    /// private directory and waits until it responds. Before any of that, it removes the
+    /// private directories that killed engines left behind.
     ///
     /// # Errors
     ///
     /// [`ExecutorError::Unavailable`] naming every socket tried and why the service could not
     /// be started, for example because `podman` is not installed.
     pub async fn connect(config: PodmanConfig) -> Result<Self, ExecutorError> {
+        sweep_service_dirs().await;
         let mut tried = Vec::new();
         let candidates = candidates(
             config.socket.as_deref(),
@@ -186,12 +188,15 @@ impl PodmanExecutor {
     }
 
     /// Starts a private `podman system service` and connects to it, without looking for a
-    /// running one. For callers that need an isolated service, such as tests.
+    /// running one. For callers that need an isolated service, such as tests. Like
+    /// [`PodmanExecutor::connect`], it first removes the private directories that killed
+    /// engines left behind.
     ///
     /// # Errors
     ///
     /// [`ExecutorError::Unavailable`] when the service could not be started.
     pub async fn with_private_service(config: PodmanConfig) -> Result<Self, ExecutorError> {
+        sweep_service_dirs().await;
         let connection = start_service(&config, &mut Vec::new()).await?;
         Ok(Self::with_connection(config, connection))
     }
@@ -208,30 +213,115 @@ impl PodmanExecutor {
     }
 
     /// Returns the connection to use, starting a new private service when the executor's own
-    /// has exited (after its idle timeout, or a crash).
+    /// is gone (after its idle timeout, or a crash).
+    ///
+    /// Podman removes its socket when the idle timeout fires, before the process exits, so the
+    /// process alone cannot tell whether a request would reach it. A private service therefore
+    /// counts as gone when its socket file is missing, and one that has been idle for half its
+    /// timeout or longer gets a ping first. A failed connect means that the request never
+    /// reached the service, so a new service is started and its connection returned instead.
+    /// A successful ping restarts Podman's idle timer, which leaves the caller the whole
+    /// timeout.
     pub(crate) async fn connection(&self) -> Result<Connection, ExecutorError> {
         let current = self.current_connection();
-        if !current.service_exited() {
+        let Some(service) = current.service.clone() else {
+            return Ok(current);
+        };
+        if !service.has_exited() && current.service_state(&service).await? == ServiceState::Ready {
+            service.mark_used();
             return Ok(current);
         }
 
+        drop(current);
+
         let _restart = self.restart.lock().await;
-        let current = self.current_connection();
-        if !current.service_exited() {
-            return Ok(current);
+        let latest = self.current_connection();
+        let restarted = latest
+            .service
+            .as_ref()
+            .is_some_and(|latest| !Arc::ptr_eq(latest, &service));
+        if restarted {
+            // A concurrent caller started the new service while this one waited for the lock.
+            return Ok(latest);
         }
+        drop(latest);
         warn!(
             executor = EXECUTOR,
-            pid = current.service.as_ref().map(|service| service.pid()),
-            "the private podman service has exited; starting a new one"
+            pid = service.pid(),
+            exited = service.has_exited(),
+            "the private podman service is gone; starting a new one"
         );
         let fresh = start_service(&self.config, &mut Vec::new()).await?;
-        *self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+        let replaced = std::mem::replace(
+            &mut *self
+                .connection
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            fresh.clone(),
+        );
+        // The old service may still be shutting down, and dropping its last handle waits for
+        // its exit, which must not block an async worker thread. Jobs that still hold a handle
+        // drop theirs when they end.
+        drop(service);
+        tokio::task::spawn_blocking(move || drop(replaced));
         Ok(fresh)
     }
+}
+
+/// Whether a private service that has not exited still accepts requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServiceState {
+    /// It responded to a ping, or was used too recently for its idle timeout to have fired.
+    Ready,
+    /// Its socket is missing or refuses connections: the service is shutting down.
+    Gone,
+}
+
+impl Connection {
+    /// Finds out whether the private `service` behind this connection still accepts requests,
+    /// pinging it only when its idle timeout may have fired.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecutorError::Unavailable`] when the ping fails for another reason than a refused or
+    /// missing socket, such as no response within [`PING_TIMEOUT`].
+    async fn service_state(&self, service: &ServiceProcess) -> Result<ServiceState, ExecutorError> {
+        if !self.socket.exists() {
+            return Ok(ServiceState::Gone);
+        }
+        if !service.may_have_idled_out() {
+            return Ok(ServiceState::Ready);
+        }
+        match tokio::time::timeout(PING_TIMEOUT, self.podman.ping()).await {
+            Ok(Ok(_)) => Ok(ServiceState::Ready),
+            Ok(Err(error)) if is_socket_gone(&error) => {
+                debug!(socket = %self.socket.display(), error = %error_chain(&error), "the private podman service's socket is gone");
+                Ok(ServiceState::Gone)
+            }
+            Ok(Err(error)) => Err(self.unavailable(error_chain(&error))),
+            Err(_) => {
+                Err(self.unavailable(format!("no response within {} s", PING_TIMEOUT.as_secs())))
+            }
+        }
+    }
+}
+
+/// Returns true when a request failed to connect because the socket file is missing or nothing
+/// listens on it. Such a request never reached the service, so it is safe to send again.
+fn is_socket_gone(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if let Some(io_error) = cause.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io_error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) {
+                return true;
+            }
+        }
+        current = cause.source();
+    }
+    false
 }
 
 /// A place to look for a libpod socket.
@@ -350,6 +440,15 @@ fn socket_path(address: &str) -> Option<PathBuf> {
         return None;
     }
     Some(PathBuf::from(address))
+}
+
+/// Removes the private service directories that killed engines left in the temporary
+/// directory, where every private service gets its own.
+async fn sweep_service_dirs() {
+    let parent = std::env::temp_dir();
+    if let Err(error) = tokio::task::spawn_blocking(move || sweep_stale_dirs(&parent)).await {
+        debug!(%error, "sweeping private podman service directories failed");
+    }
 }
 
 /// Starts a private service and waits until it responds. `tried` lists the sockets already
@@ -554,6 +653,30 @@ mod tests {
         assert_eq!(socket_path("unix://"), None);
         assert_eq!(socket_path("http://x"), None);
         assert_eq!(socket_path(""), None);
+    }
+
+    /// A socket file that nothing listens on and a missing one both mean the service is gone.
+    #[tokio::test]
+    async fn ping_of_stale_or_missing_socket_is_gone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind socket"));
+
+        for path in [stale, dir.path().join("missing.sock")] {
+            let error = tokio::time::timeout(PING_TIMEOUT, Podman::unix(&path).ping())
+                .await
+                .expect("a failed connect returns at once")
+                .expect_err("nothing listens");
+            assert!(is_socket_gone(&error), "{}", error_chain(&error));
+        }
+    }
+
+    #[test]
+    fn socket_gone_needs_missing_or_refused() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(!is_socket_gone(&denied));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(is_socket_gone(&refused));
     }
 
     #[test]

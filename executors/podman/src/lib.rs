@@ -221,6 +221,13 @@ impl PodmanExecutor {
             .map(|service| service.pid())
     }
 
+    /// Returns true when the private service this executor started has exited, for example
+    /// after its idle timeout; the next request starts a new one. False while it runs, and when
+    /// the executor uses a service it found.
+    pub fn service_exited(&self) -> bool {
+        self.current_connection().service_exited()
+    }
+
     fn current_connection(&self) -> Connection {
         // Every critical section is a clone or an assignment, so a poisoned lock still holds a
         // whole value.

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use agentrun_executor::{
-    build_context_tar, image_tag, ExecutorError, PackageSpec, Prepared, Target, LABEL_AGENT_ID,
-    LABEL_DIGEST, LABEL_ENGINE, LABEL_INTEGRATION,
+    build_context_tar, check_dockerfile, image_tag, ExecutorError, PackageSpec, Prepared, Target,
+    LABEL_AGENT_ID, LABEL_DIGEST, LABEL_ENGINE, LABEL_INTEGRATION,
 };
 use tracing::{debug, Instrument};
 
@@ -30,6 +30,17 @@ pub(crate) async fn prepare(
         image = %tag,
     );
     async {
+        // The same rule on every backend: a package whose Dockerfile names no agent is invalid
+        // before anything is built.
+        let root = package.root.clone();
+        tokio::task::spawn_blocking(move || check_dockerfile(&root))
+            .await
+            .map_err(|error| ExecutorError::Runtime {
+                executor: EXECUTOR,
+                operation: "check Dockerfile",
+                message: error.to_string(),
+            })??;
+
         let connection = executor.connection().await?;
 
         // The tag derives from the package digest, so an existing image is this package's image.

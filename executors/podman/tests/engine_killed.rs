@@ -1,5 +1,6 @@
 //! Kills an engine process with SIGKILL and checks that its private podman service ends too:
-//! the service runs with `PR_SET_PDEATHSIG`, since no destructor runs in a killed process.
+//! the service runs with `PR_SET_PDEATHSIG`, since no destructor runs in a killed process. The
+//! service's private directory stays until the next executor starts, which removes it.
 //!
 //! This binary runs without the libtest harness. Started plainly, it is the test. Started with
 //! `AGENTRUN_PODMAN_TEST_ROLE=engine`, it is the engine: it starts an executor with a private
@@ -8,6 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -32,7 +34,7 @@ fn main() {
     println!("test service_dies_with_killed_engine ... ok");
 }
 
-/// Starts an executor with a private service, prints `service-pid <pid>` and sleeps.
+/// Starts an executor with a private service, prints `service <pid> <socket>` and sleeps.
 fn play_engine() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -42,7 +44,7 @@ fn play_engine() {
         .block_on(PodmanExecutor::with_private_service(common::test_config()))
         .expect("the private podman service starts");
     let pid = executor.service_pid().expect("a private service runs");
-    println!("service-pid {pid}");
+    println!("service {pid} {}", executor.socket().display());
     std::thread::sleep(ENGINE_LIFETIME);
 }
 
@@ -62,11 +64,16 @@ fn service_dies_with_killed_engine() {
     let line = line_rx
         .recv_timeout(common::STEP_LIMIT)
         .expect("the engine prints its service pid in time");
-    let pid: u32 = line
+    let (pid, socket) = line
         .trim()
-        .strip_prefix("service-pid ")
-        .and_then(|pid| pid.parse().ok())
+        .strip_prefix("service ")
+        .and_then(|rest| rest.split_once(' '))
+        .and_then(|(pid, socket)| Some((pid.parse::<u32>().ok()?, PathBuf::from(socket))))
         .unwrap_or_else(|| panic!("unexpected engine output {line:?}"));
+    let dir = socket
+        .parent()
+        .expect("the socket is in a directory")
+        .to_path_buf();
     assert!(common::process_alive(pid), "service {pid} runs");
 
     engine.kill().expect("SIGKILL reaches the engine");
@@ -81,4 +88,31 @@ fn service_dies_with_killed_engine() {
         "service {pid} outlived its engine by {} s",
         killed.elapsed().as_secs()
     );
+    assert!(
+        dir.exists(),
+        "{} is there until an executor sweeps",
+        dir.display()
+    );
+
+    // The next executor removes the directory that the killed engine left behind.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let next = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                common::STEP_LIMIT,
+                PodmanExecutor::with_private_service(common::test_config()),
+            )
+            .await
+        })
+        .expect("the next executor starts in time")
+        .expect("the next private podman service starts");
+    assert!(
+        !dir.exists(),
+        "{} is left after the next executor started",
+        dir.display()
+    );
+    drop(next);
 }

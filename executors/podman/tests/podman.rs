@@ -556,7 +556,10 @@ async fn prepare_failing_run_names_step() {
     let package = package(
         dir.path(),
         "Broken",
-        &format!("FROM {BASE_IMAGE}\nRUN echo compiling\nRUN echo linking failed >&2; exit 3\n"),
+        &format!(
+            "FROM {BASE_IMAGE}\nRUN echo compiling\nRUN echo linking failed >&2; exit 3\n\
+             CMD [\"true\"]\n"
+        ),
         &[],
     );
 
@@ -578,6 +581,55 @@ async fn prepare_failing_run_names_step() {
             assert!(log_tail.contains("linking failed"), "log tail: {log_tail}");
         }
         other => panic!("expected a build failure, got {other:?}"),
+    }
+}
+
+/// A Dockerfile that names no agent, or whose exec form is not valid JSON, is rejected before
+/// anything is built, with the message every backend gives.
+#[tokio::test]
+async fn prepare_rejects_dockerfile_without_agent() {
+    require_podman!("prepare_rejects_dockerfile_without_agent");
+    let executor = private_executor(test_config()).await;
+    let cases = [
+        (
+            format!("FROM {BASE_IMAGE}\nCOPY agent.sh /agent.sh\n"),
+            "final stage (FROM agentrun-busybox:latest on line 1) has no ENTRYPOINT or CMD that \
+             starts the agent",
+        ),
+        (
+            format!(
+                "FROM {BASE_IMAGE}\nCOPY agent.sh /agent.sh\nENTRYPOINT [\"/bin/sh\" \"/agent.sh\"]\n"
+            ),
+            "ENTRYPOINT on line 3 is not a valid JSON array",
+        ),
+    ];
+    for (dockerfile, expected) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let package = package(
+            dir.path(),
+            "NoAgent",
+            &dockerfile,
+            &[("agent.sh", CAT_AGENT)],
+        );
+
+        let error = within("prepare", executor.prepare(&package))
+            .await
+            .expect_err("the package is invalid");
+
+        match &error {
+            ExecutorError::InvalidPackage { path, reason } => {
+                assert_eq!(path, dir.path());
+                assert!(reason.contains(expected), "reason: {reason}");
+            }
+            other => panic!("expected an invalid package, got {other:?}"),
+        }
+        let tag =
+            agentrun_executor::image_tag(&package.integration, &package.agent_id, &package.digest);
+        assert!(
+            !podman(&["images", "--quiet", "--filter", &format!("reference={tag}")])
+                .contains(|c: char| c.is_ascii_hexdigit()),
+            "image {tag} was built"
+        );
     }
 }
 
@@ -650,8 +702,10 @@ async fn private_service_restarts_after_idle_timeout() {
     let executor = private_executor(config).await;
     let first_pid = executor.service_pid().expect("a private service runs");
 
+    // The executor's own flag, not the process table: the flag is set only once the service is
+    // gone for good, while /proc shows it as a zombie a little earlier.
     within("the idle service's exit", async {
-        while process_alive(first_pid) {
+        while !executor.service_exited() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -670,6 +724,38 @@ async fn private_service_restarts_after_idle_timeout() {
         !process_alive(second_pid),
         "service {second_pid} still runs after drop"
     );
+}
+
+/// A service whose socket is gone while its process still runs, as when Podman shuts down after
+/// its idle timeout, is replaced before the next request instead of failing it.
+#[tokio::test]
+async fn private_service_restarts_when_socket_is_gone() {
+    require_podman!("private_service_restarts_when_socket_is_gone");
+    let config = test_config();
+    let instance = config.instance.clone();
+    let executor = private_executor(config).await;
+    let first_pid = executor.service_pid().expect("a private service runs");
+    let first_socket = executor.socket();
+
+    std::fs::remove_file(&first_socket).expect("the service's socket exists");
+    assert!(process_alive(first_pid), "service {first_pid} still runs");
+    assert!(!executor.service_exited());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let package = script_package(dir.path(), "SocketGone", CAT_AGENT);
+    let prepared = prepare(&executor, &package).await;
+    let outcome = run(&executor, &prepared, job(25, b"after the socket went")).await;
+
+    assert_eq!(outcome.stdout, b"after the socket went");
+    let second_pid = executor.service_pid().expect("a private service runs");
+    assert_ne!(second_pid, first_pid, "a new service was started");
+    assert_ne!(executor.socket(), first_socket);
+    within("the replaced service's exit", async {
+        while process_alive(first_pid) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_no_containers(&instance).await;
 }
 
 /// A missing `podman` program is reported as unavailable, naming the program.

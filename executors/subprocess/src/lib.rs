@@ -8,8 +8,10 @@
 //!
 //! # Preparing a package
 //!
-//! [`Executor::prepare`] resolves the command line once per package. It is the manifest's
-//! `[run] command` when there is one: a relative program with a `/` is resolved in the package
+//! [`Executor::prepare`] first checks the Dockerfile with
+//! [`check_dockerfile`](agentrun_executor::check_dockerfile), as every backend does, and then
+//! resolves the command line once per package. It is the manifest's `[run] command` when there
+//! is one: a relative program with a `/` is resolved in the package
 //! folder, and a bare name is looked up in [`MINIMAL_PATH`]. Otherwise the backend reads the
 //! Dockerfile's last stage and takes its exec-form `ENTRYPOINT` followed by its exec-form `CMD`
 //! (only `CMD` when there is no `ENTRYPOINT`). Image paths that `COPY` or `ADD` filled from the
@@ -57,7 +59,6 @@
 //! [`Limits::cpu_seconds`]: agentrun_executor::Limits::cpu_seconds
 //! [`Limits::address_space_bytes`]: agentrun_executor::Limits::address_space_bytes
 
-mod dockerfile;
 mod isolation;
 mod prepare;
 mod process;
@@ -68,14 +69,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agentrun_executor::{
-    Executor, ExecutorError, JobOutcome, JobSpec, PackageSpec, Prepared, Target,
+    check_dockerfile, Executor, ExecutorError, JobOutcome, JobSpec, PackageSpec, Prepared, Target,
 };
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::isolation::AgentUser;
-use crate::prepare::PrepareError;
 
 /// Name of this backend in configuration, logs and [`Prepared::executor`].
 pub const EXECUTOR_NAME: &str = "subprocess";
@@ -194,23 +194,21 @@ impl Executor for SubprocessExecutor {
                 )
             })?;
 
-        // Resolving reads the Dockerfile and looks at package files: blocking file system work.
+        // Checking and resolving read the Dockerfile and look at package files: blocking file
+        // system work.
         let command = package.command.clone();
         let resolve_root = root.clone();
-        let resolved = tokio::task::spawn_blocking(move || {
-            prepare::resolve_command(&resolve_root, command.as_deref())
+        let argv = tokio::task::spawn_blocking(move || {
+            let stage = check_dockerfile(&resolve_root)?;
+            prepare::resolve_command(&resolve_root, &stage, command.as_deref()).map_err(|error| {
+                ExecutorError::InvalidPackage {
+                    path: resolve_root.clone(),
+                    reason: error.to_string(),
+                }
+            })
         })
         .await
-        .map_err(|error| run::runtime_error("resolve command", error.to_string()))?;
-        let argv = resolved.map_err(|error| match error {
-            PrepareError::Read { path, source } => {
-                ExecutorError::io(format!("read {}", path.display()), source)
-            }
-            other => ExecutorError::InvalidPackage {
-                path: root.clone(),
-                reason: other.to_string(),
-            },
-        })?;
+        .map_err(|error| run::runtime_error("resolve command", error.to_string()))??;
         tracing::debug!(
             agent_id = %package.agent_id,
             executor = EXECUTOR_NAME,

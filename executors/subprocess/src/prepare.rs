@@ -4,17 +4,19 @@
 //! last stage's exec-form `ENTRYPOINT` followed by its exec-form `CMD`, with image paths mapped
 //! back to the package files that `COPY` or `ADD` put there. A path is mapped only when the
 //! mapped file exists in the package, so arguments that merely look like paths stay as written.
+//! Either way the Dockerfile has passed [`check_dockerfile`] first, as on every backend.
+//!
+//! [`check_dockerfile`]: agentrun_executor::check_dockerfile
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::dockerfile::{self, CommandForm, CopyInstruction, FinalStage, IMAGE_PATH};
-use crate::MINIMAL_PATH;
+use agentrun_executor::dockerfile::{
+    self, CommandForm, CopyInstruction, DockerfileError, FinalStage, IMAGE_PATH,
+};
 
-/// Maximum Dockerfile size in bytes. Typical Dockerfiles are a few KiB, and the cap keeps a
-/// hostile package from making the engine load a huge file into memory.
-pub(crate) const MAX_DOCKERFILE_BYTES: u64 = 1024 * 1024;
+use crate::MINIMAL_PATH;
 
 /// Reason a package's command could not be resolved. Each message names what was found and how
 /// to fix it, and the backend reports it as [`ExecutorError::InvalidPackage`].
@@ -22,30 +24,12 @@ pub(crate) const MAX_DOCKERFILE_BYTES: u64 = 1024 * 1024;
 /// [`ExecutorError::InvalidPackage`]: agentrun_executor::ExecutorError::InvalidPackage
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PrepareError {
-    /// Reading the Dockerfile failed. This is a failure of the engine's file access, not of the
-    /// package, and becomes [`ExecutorError::Io`](agentrun_executor::ExecutorError::Io).
-    #[error("reading {} failed", path.display())]
-    Read {
-        /// The Dockerfile's path.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// The Dockerfile is larger than [`MAX_DOCKERFILE_BYTES`].
-    #[error(
-        "the Dockerfile has {size} bytes, more than the {MAX_DOCKERFILE_BYTES} this executor \
-         reads: shorten it"
-    )]
-    DockerfileTooLarge {
-        /// Size of the Dockerfile in bytes.
-        size: u64,
-    },
-
-    /// The Dockerfile is malformed.
-    #[error("invalid Dockerfile: {0}")]
-    Dockerfile(#[from] dockerfile::DockerfileError),
+    /// The Dockerfile does not name the agent. [`check_dockerfile`] reports this before the
+    /// command is resolved, so it is reached only for a stage that did not pass it.
+    ///
+    /// [`check_dockerfile`]: agentrun_executor::check_dockerfile
+    #[error("{0}")]
+    Dockerfile(#[from] DockerfileError),
 
     /// `[run] command` is an empty list.
     #[error(
@@ -53,19 +37,6 @@ pub(crate) enum PrepareError {
          such as `command = [\"python3\", \"agent.py\"]`"
     )]
     EmptyCommand,
-
-    /// The last stage sets neither `ENTRYPOINT` nor `CMD` (or both are empty).
-    #[error(
-        "the Dockerfile's last stage (FROM {base} on line {line}) sets no ENTRYPOINT or CMD, and \
-         the subprocess executor cannot use the base image's own: add an exec-form \
-         `ENTRYPOINT [\"/app/agent\"]` or set `[run] command` in integration.toml"
-    )]
-    NoEntrypoint {
-        /// Base image of the last stage.
-        base: String,
-        /// Line of its `FROM`.
-        line: usize,
-    },
 
     /// `ENTRYPOINT` or `CMD` is in shell form.
     #[error(
@@ -143,32 +114,23 @@ pub(crate) enum PrepareError {
     },
 }
 
-/// Resolves the argv for a package: `command` from the manifest, else the Dockerfile's.
+/// Resolves the argv for a package: `command` from the manifest, else the one that `stage`, the
+/// Dockerfile's final stage, names.
 ///
 /// `root` must be the canonical package folder. The program of the result is an absolute path.
 ///
 /// # Errors
 ///
-/// [`PrepareError`] when the Dockerfile cannot be read or the command cannot be resolved.
+/// [`PrepareError`] when the command cannot be resolved.
 pub(crate) fn resolve_command(
     root: &Path,
+    stage: &FinalStage,
     manifest_command: Option<&[String]>,
 ) -> Result<Vec<String>, PrepareError> {
-    if let Some(command) = manifest_command {
-        return resolve_manifest_command(root, command);
+    match manifest_command {
+        Some(command) => resolve_manifest_command(root, command),
+        None => resolve_dockerfile_command(root, stage),
     }
-    let path = root.join("Dockerfile");
-    let size = fs::metadata(&path)
-        .map_err(|source| PrepareError::Read {
-            path: path.clone(),
-            source,
-        })?
-        .len();
-    if size > MAX_DOCKERFILE_BYTES {
-        return Err(PrepareError::DockerfileTooLarge { size });
-    }
-    let text = fs::read_to_string(&path).map_err(|source| PrepareError::Read { path, source })?;
-    resolve_dockerfile_command(root, &text)
 }
 
 /// Resolves `[run] command`: a relative program with a `/` is in the package, a bare name is
@@ -223,16 +185,18 @@ fn resolve_manifest_command(root: &Path, command: &[String]) -> Result<Vec<Strin
     Ok(argv)
 }
 
-/// Resolves the Dockerfile's exec-form `ENTRYPOINT` plus `CMD`, mapping image paths to
+/// Resolves the final stage's exec-form `ENTRYPOINT` plus `CMD`, mapping image paths to
 /// package files.
-fn resolve_dockerfile_command(root: &Path, text: &str) -> Result<Vec<String>, PrepareError> {
-    let stage = dockerfile::parse(text)?;
-    let (origin, argv) = dockerfile_argv(&stage)?;
+fn resolve_dockerfile_command(
+    root: &Path,
+    stage: &FinalStage,
+) -> Result<Vec<String>, PrepareError> {
+    let (origin, argv) = dockerfile_argv(stage)?;
     let layout = ImageLayout::from_copies(root, &stage.copies);
 
     // The program: a path is mapped through the copies, a bare name is searched in the image's
     // PATH (through the copies) and then in this machine's minimal PATH.
-    let (program, arguments) = argv.split_first().ok_or_else(|| no_entrypoint(&stage))?;
+    let (program, arguments) = argv.split_first().ok_or_else(|| no_agent_command(stage))?;
     let program_path = if program.contains('/') {
         let image_path = dockerfile::join_image_path(&stage.workdir, program);
         match layout.lookup(&image_path) {
@@ -327,6 +291,12 @@ fn dockerfile_argv(stage: &FinalStage) -> Result<(String, Vec<String>), PrepareE
                 text: text.clone(),
                 suggestion: exec_form_suggestion(instruction, text),
             }),
+            CommandForm::InvalidExec(invalid) => Err(PrepareError::Dockerfile(
+                DockerfileError::InvalidExecForm(invalid.clone()),
+            )),
+            // The form is marked non-exhaustive; a form this backend does not know cannot be
+            // mapped to a command.
+            _ => Err(no_agent_command(stage)),
         }
     };
 
@@ -349,16 +319,16 @@ fn dockerfile_argv(stage: &FinalStage) -> Result<(String, Vec<String>), PrepareE
     let mut argv = entrypoint;
     argv.extend(cmd);
     if argv.is_empty() {
-        return Err(no_entrypoint(stage));
+        return Err(no_agent_command(stage));
     }
     Ok((origin, argv))
 }
 
-fn no_entrypoint(stage: &FinalStage) -> PrepareError {
-    PrepareError::NoEntrypoint {
+fn no_agent_command(stage: &FinalStage) -> PrepareError {
+    PrepareError::Dockerfile(DockerfileError::NoAgentCommand {
         base: stage.base.clone(),
         line: stage.from_line,
-    }
+    })
 }
 
 /// Writes `text` as an exec-form instruction, or a generic example when it does not split.

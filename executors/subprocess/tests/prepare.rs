@@ -12,6 +12,10 @@ use agentrun_subprocess::{SubprocessExecutor, MINIMAL_PATH};
 /// Deadline for one `prepare` call.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Dockerfile of the packages that set `[run] command`. It names an agent, as every package's
+/// Dockerfile must, but the manifest's command replaces it on this backend.
+const MANIFEST_COMMAND_DOCKERFILE: &str = "FROM scratch\nCMD [\"/agent\"]\n";
+
 /// A package folder under construction.
 struct Package {
     dir: tempfile::TempDir,
@@ -326,7 +330,7 @@ async fn prepare_manifest_command_in_package() {
 /// A bare program name is looked up in the minimal PATH.
 #[tokio::test]
 async fn prepare_manifest_command_bare_name() {
-    let package = Package::new("FROM scratch\n");
+    let package = Package::new(MANIFEST_COMMAND_DOCKERFILE);
     assert_eq!(
         package.argv(Some(&["sh", "agent.sh"])).await,
         [host_program("sh"), "agent.sh".to_owned()]
@@ -337,7 +341,7 @@ async fn prepare_manifest_command_bare_name() {
 /// backend trusts the integration author, and the program runs as the agent, not as the engine.
 #[tokio::test]
 async fn prepare_manifest_command_absolute_program() {
-    let package = Package::new("FROM scratch\n");
+    let package = Package::new(MANIFEST_COMMAND_DOCKERFILE);
     let program = host_program("sh");
     assert_eq!(
         package.argv(Some(&[program.as_str(), "agent.sh"])).await,
@@ -378,9 +382,23 @@ async fn prepare_rejects_missing_entrypoint() {
     let reason = package.invalid(None).await;
     assert_contains(
         &reason,
-        "last stage (FROM python:3.11-slim on line 1) sets no ENTRYPOINT or CMD",
+        "final stage (FROM python:3.11-slim on line 1) has no ENTRYPOINT or CMD that starts the \
+         agent",
     );
-    assert_contains(&reason, "`[run] command` in integration.toml");
+    assert_contains(&reason, "ENTRYPOINT [\"python3\", \"/app/agent.py\"]");
+}
+
+/// A `[run] command` does not make up for a Dockerfile that names no agent: the package would
+/// be invalid on Docker and Podman, so it is invalid here too.
+#[tokio::test]
+async fn prepare_rejects_missing_entrypoint_with_manifest_command() {
+    let package = Package::new("FROM scratch\n");
+    package.script("agent.sh");
+    let reason = package.invalid(Some(&["./agent.sh"])).await;
+    assert_contains(
+        &reason,
+        "final stage (FROM scratch on line 1) has no ENTRYPOINT or CMD",
+    );
 }
 
 /// An empty exec-form entrypoint counts as none.
@@ -388,7 +406,39 @@ async fn prepare_rejects_missing_entrypoint() {
 async fn prepare_rejects_empty_entrypoint() {
     let package = Package::new("FROM scratch\nENTRYPOINT []\n");
     let reason = package.invalid(None).await;
-    assert_contains(&reason, "sets no ENTRYPOINT or CMD");
+    assert_contains(&reason, "has no ENTRYPOINT or CMD");
+}
+
+/// An exec form with a missing comma is not run as a shell command: the message names the
+/// instruction and the fix.
+#[tokio::test]
+async fn prepare_rejects_exec_form_missing_comma() {
+    let package = Package::new(
+        "FROM python:3.11-slim\nCOPY agent.py /app/\nENTRYPOINT [\"python3\" \"/app/agent.py\"]\n",
+    );
+    package.script("agent.py");
+    let reason = package.invalid(None).await;
+    assert_contains(
+        &reason,
+        "ENTRYPOINT on line 3 is not a valid JSON array: expected `,` or `]` at character 12",
+    );
+    assert_contains(&reason, "is a comma missing between two items?");
+    assert_contains(
+        &reason,
+        "write it as `ENTRYPOINT [\"python3\", \"/app/agent.py\"]`",
+    );
+    assert!(!reason.contains("shell form"), "{reason}");
+}
+
+/// A broken exec form is rejected even when `[run] command` replaces it on this backend.
+#[tokio::test]
+async fn prepare_rejects_invalid_exec_form_with_manifest_command() {
+    let package = Package::new("FROM scratch\nCMD ['/agent.sh']\n");
+    package.script("agent.sh");
+    let reason = package.invalid(Some(&["./agent.sh"])).await;
+    assert_contains(&reason, "CMD on line 2 is not a valid JSON array");
+    assert_contains(&reason, "JSON strings take double quotes");
+    assert_contains(&reason, "`CMD [\"/agent.sh\"]`");
 }
 
 /// A program path that no copy fills and that this machine lacks.
@@ -501,7 +551,7 @@ async fn prepare_rejects_huge_dockerfile() {
     assert_eq!(
         reason,
         format!(
-            "the Dockerfile has {} bytes, more than the 1048576 this executor reads: shorten it",
+            "the Dockerfile has {} bytes, more than the 1048576 that agentrun reads: shorten it",
             text.len()
         )
     );
@@ -510,7 +560,7 @@ async fn prepare_rejects_huge_dockerfile() {
 /// An empty `[run] command`.
 #[tokio::test]
 async fn prepare_rejects_empty_manifest_command() {
-    let package = Package::new("FROM scratch\n");
+    let package = Package::new(MANIFEST_COMMAND_DOCKERFILE);
     let reason = package.invalid(Some(&[])).await;
     assert_contains(&reason, "`[run] command` in integration.toml is empty");
 }
@@ -518,7 +568,7 @@ async fn prepare_rejects_empty_manifest_command() {
 /// A relative `[run] command` program that the package lacks.
 #[tokio::test]
 async fn prepare_rejects_missing_manifest_program() {
-    let package = Package::new("FROM scratch\n");
+    let package = Package::new(MANIFEST_COMMAND_DOCKERFILE);
     let reason = package.invalid(Some(&["./agent.sh"])).await;
     assert_contains(
         &reason,
@@ -530,7 +580,7 @@ async fn prepare_rejects_missing_manifest_program() {
 /// A relative `[run] command` program that climbs out of the package.
 #[tokio::test]
 async fn prepare_rejects_manifest_program_outside_package() {
-    let package = Package::new("FROM scratch\n");
+    let package = Package::new(MANIFEST_COMMAND_DOCKERFILE);
     let depth = package.root().components().count();
     let escape = format!("{}bin/sh", "../".repeat(depth));
     let reason = package.invalid(Some(&[escape.as_str()])).await;
@@ -541,7 +591,7 @@ async fn prepare_rejects_manifest_program_outside_package() {
 /// or not the file exists, so the message never reveals what the engine's machine holds.
 #[tokio::test]
 async fn prepare_rejects_escape_without_looking() {
-    let package = Package::new("FROM scratch\n");
+    let package = Package::new(MANIFEST_COMMAND_DOCKERFILE);
     let depth = package.root().components().count();
     for target in ["bin/sh", "agentrun-no-such-file"] {
         let escape = format!("agent/{}{target}", "../".repeat(depth + 1));
@@ -587,7 +637,7 @@ async fn prepare_ignores_copy_source_outside_context() {
 /// A bare `[run] command` program that is not installed.
 #[tokio::test]
 async fn prepare_rejects_unknown_manifest_program() {
-    let package = Package::new("FROM scratch\n");
+    let package = Package::new(MANIFEST_COMMAND_DOCKERFILE);
     let reason = package.invalid(Some(&["agentrun-no-such-program"])).await;
     assert_contains(
         &reason,

@@ -45,7 +45,8 @@ impl Agent {
     /// Prepares a `/bin/sh` script with this body, run through `[run] command`.
     async fn script(body: &str) -> Self {
         let dir = tempfile::tempdir().expect("temporary folder");
-        fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").expect("write Dockerfile");
+        let dockerfile = "FROM scratch\nCOPY agent.sh /\nENTRYPOINT [\"/agent.sh\"]\n";
+        fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write Dockerfile");
         let script = dir.path().join("agent.sh");
         fs::write(&script, format!("#!/bin/sh\n{body}\n")).expect("write script");
         fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");

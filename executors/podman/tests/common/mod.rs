@@ -164,10 +164,14 @@ pub async fn run(executor: &PodmanExecutor, prepared: &Prepared, job: JobSpec) -
         .expect("the job runs")
 }
 
-/// Runs `podman ARGS` and returns its stdout, failing the test when it fails.
+/// Runs `podman ARGS` against the local Podman and returns its stdout, failing the test when
+/// it fails.
 pub fn podman(args: &[&str]) -> String {
     let output = Command::new("podman")
         .args(args)
+        // A test may point these at a service that does not exist.
+        .env_remove("CONTAINER_HOST")
+        .env_remove("CONTAINER_CONNECTION")
         .output()
         .expect("podman runs");
     assert!(

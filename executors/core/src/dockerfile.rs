@@ -1,5 +1,11 @@
-//! A Dockerfile reader that keeps only what the subprocess backend needs: the last stage's
-//! `WORKDIR`, its `COPY`/`ADD` instructions and its `ENTRYPOINT` and `CMD`.
+//! A Dockerfile reader that keeps only what the backends need: the last stage's `WORKDIR`, its
+//! `COPY`/`ADD` instructions and its `ENTRYPOINT` and `CMD`.
+//!
+//! Every backend checks a package with [`check_dockerfile`] before it prepares it, so that a
+//! package is valid or invalid alike on all of them: the final stage must name the agent with a
+//! non-empty `ENTRYPOINT` or `CMD`, in exec or shell form, and an argument that starts like an
+//! exec-form JSON array must be one. The subprocess backend also maps the exec form to package
+//! files, from the [`FinalStage`] that the check returns.
 //!
 //! The reader follows the classic builder's syntax. Instructions are case-insensitive. A line
 //! ending in the escape character (`\`, or the one set by a leading `# escape=` directive)
@@ -9,9 +15,24 @@
 //! `${name:-default}` and `${name:+alternative}`). Every other instruction is skipped.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::path::Path;
+
+use crate::ExecutorError;
+
+/// Maximum Dockerfile size in bytes. Typical Dockerfiles are a few KiB, and the cap keeps a
+/// hostile package from making the engine load a huge file into memory.
+pub const MAX_DOCKERFILE_BYTES: u64 = 1024 * 1024;
+
+/// Number of characters of an instruction's argument quoted in an error message.
+const MAX_QUOTED_CHARS: usize = 200;
+
+/// Example of an exec-form instruction, for messages that have no better suggestion.
+const EXAMPLE_ARGV: &str = "[\"python3\", \"/app/agent.py\"]";
 
 /// Standard `PATH` of Linux images, where a bare program name is looked up inside the image.
-pub(crate) const IMAGE_PATH: [&str; 6] = [
+pub const IMAGE_PATH: [&str; 6] = [
     "/usr/local/sbin",
     "/usr/local/bin",
     "/usr/sbin",
@@ -22,16 +43,74 @@ pub(crate) const IMAGE_PATH: [&str; 6] = [
 
 /// The form of an `ENTRYPOINT` or `CMD` argument.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum CommandForm {
+#[non_exhaustive]
+pub enum CommandForm {
     /// `["program", "arg"]`: run as given, with no shell.
     Exec(Vec<String>),
     /// `program arg`: run through `/bin/sh -c`, so it cannot be mapped to one command.
     Shell(String),
+    /// Text that starts like an exec-form JSON array but is not one, such as
+    /// `["python3" "agent.py"]`. The builder would run it as a shell command, which is never
+    /// what its author meant, so [`FinalStage::check_agent_command`] rejects it.
+    InvalidExec(InvalidExecForm),
+}
+
+impl CommandForm {
+    /// Returns true when the form starts nothing: an empty JSON array or no text at all.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Self::Exec(argv) => argv.is_empty(),
+            Self::Shell(text) => text.is_empty(),
+            Self::InvalidExec(_) => false,
+        }
+    }
+}
+
+/// An `ENTRYPOINT` or `CMD` argument that starts like an exec-form JSON array but does not
+/// parse as one, with what the parser found and the fix to suggest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidExecForm {
+    /// `ENTRYPOINT` or `CMD`.
+    pub instruction: &'static str,
+    /// Line number of the instruction (1-based).
+    pub line: usize,
+    /// The argument as written, cut to a length that fits a message.
+    pub text: String,
+    /// The JSON parser's message and the character where it stopped.
+    pub problem: String,
+    /// The probable cause, such as a missing comma, when the parser error points to one.
+    pub hint: Option<&'static str>,
+    /// The instruction rewritten as valid exec form, when the items can be recovered.
+    pub suggestion: Option<String>,
+}
+
+impl fmt::Display for InvalidExecForm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} on line {} is not a valid JSON array: {} in `{}`",
+            self.instruction, self.line, self.problem, self.text
+        )?;
+        if let Some(hint) = self.hint {
+            write!(f, " ({hint})")?;
+        }
+        f.write_str(
+            ". Container runtimes would run it as a shell command, which fails: write it as ",
+        )?;
+        match &self.suggestion {
+            Some(suggestion) => write!(f, "`{suggestion}`"),
+            None => write!(
+                f,
+                "a JSON array of double-quoted strings, such as `{} {EXAMPLE_ARGV}`",
+                self.instruction
+            ),
+        }
+    }
 }
 
 /// One `COPY` or `ADD` instruction of the last stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct CopyInstruction {
+pub struct CopyInstruction {
     /// `COPY` or `ADD`, upper case.
     pub instruction: &'static str,
     /// Line number of the instruction (1-based), for messages.
@@ -49,9 +128,9 @@ pub(crate) struct CopyInstruction {
     pub from: Option<String>,
 }
 
-/// The parts of a Dockerfile's last stage that the backend uses.
+/// The parts of a Dockerfile's last stage that the backends use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct FinalStage {
+pub struct FinalStage {
     /// Line number of the stage's `FROM`.
     pub from_line: usize,
     /// Base image or stage name, as written.
@@ -66,9 +145,10 @@ pub(crate) struct FinalStage {
     pub cmd: Option<(usize, CommandForm)>,
 }
 
-/// Error reading a Dockerfile.
+/// Error reading a Dockerfile, or a Dockerfile that does not name the agent.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum DockerfileError {
+#[non_exhaustive]
+pub enum DockerfileError {
     /// No `FROM` instruction.
     #[error("the Dockerfile has no FROM instruction")]
     NoFrom,
@@ -88,6 +168,107 @@ pub(crate) enum DockerfileError {
         /// `COPY` or `ADD`.
         instruction: &'static str,
     },
+    /// The Dockerfile is larger than [`MAX_DOCKERFILE_BYTES`].
+    #[error(
+        "the Dockerfile has {size} bytes, more than the {MAX_DOCKERFILE_BYTES} that agentrun \
+         reads: shorten it"
+    )]
+    TooLarge {
+        /// Size of the Dockerfile in bytes.
+        size: u64,
+    },
+    /// The last stage sets neither `ENTRYPOINT` nor `CMD`, or only empty ones.
+    #[error(
+        "the Dockerfile's final stage (FROM {base} on line {line}) has no ENTRYPOINT or CMD that \
+         starts the agent, so a container would run the base image's own command instead: add \
+         one, such as `ENTRYPOINT {EXAMPLE_ARGV}`"
+    )]
+    NoAgentCommand {
+        /// Base image of the last stage, as written.
+        base: String,
+        /// Line of its `FROM`.
+        line: usize,
+    },
+    /// The last stage's `ENTRYPOINT` or `CMD` starts like exec form but is not valid JSON.
+    #[error("{0}")]
+    InvalidExecForm(InvalidExecForm),
+}
+
+/// Reads `root/Dockerfile` and checks the rule that every backend applies before it prepares a
+/// package: the final stage names the agent (see [`FinalStage::check_agent_command`]).
+///
+/// Returns the final stage, for backends that need more of it.
+///
+/// # Errors
+///
+/// [`ExecutorError::InvalidPackage`] when the Dockerfile is missing, too large, malformed or
+/// does not name the agent, and [`ExecutorError::Io`] when reading it fails otherwise.
+pub fn check_dockerfile(root: &Path) -> Result<FinalStage, ExecutorError> {
+    let invalid = |reason: String| ExecutorError::InvalidPackage {
+        path: root.to_path_buf(),
+        reason,
+    };
+    let path = root.join("Dockerfile");
+    let metadata = match fs::metadata(&path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(invalid(
+                "the package has no Dockerfile at its top level".to_owned(),
+            ))
+        }
+        Err(error) => {
+            return Err(ExecutorError::io(
+                format!("reading {}", path.display()),
+                error,
+            ))
+        }
+    };
+    if metadata.len() > MAX_DOCKERFILE_BYTES {
+        return Err(invalid(
+            DockerfileError::TooLarge {
+                size: metadata.len(),
+            }
+            .to_string(),
+        ));
+    }
+    let text = fs::read_to_string(&path)
+        .map_err(|error| ExecutorError::io(format!("reading {}", path.display()), error))?;
+
+    let stage = parse(&text).map_err(|error| invalid(format!("invalid Dockerfile: {error}")))?;
+    stage
+        .check_agent_command()
+        .map_err(|error| invalid(error.to_string()))?;
+    Ok(stage)
+}
+
+impl FinalStage {
+    /// Checks that the stage names the agent: it has an `ENTRYPOINT` or a `CMD` (its own or one
+    /// it inherits from an earlier stage of the same Dockerfile) that is not empty, and neither
+    /// is text that starts like an exec-form JSON array without being one. Shell form passes,
+    /// since container runtimes run it.
+    ///
+    /// # Errors
+    ///
+    /// [`DockerfileError::InvalidExecForm`] and [`DockerfileError::NoAgentCommand`].
+    pub fn check_agent_command(&self) -> Result<(), DockerfileError> {
+        for (_, form) in self.entrypoint.iter().chain(&self.cmd) {
+            if let CommandForm::InvalidExec(invalid) = form {
+                return Err(DockerfileError::InvalidExecForm(invalid.clone()));
+            }
+        }
+        let names_agent = self
+            .entrypoint
+            .iter()
+            .chain(&self.cmd)
+            .any(|(_, form)| !form.is_empty());
+        if !names_agent {
+            return Err(DockerfileError::NoAgentCommand {
+                base: self.base.clone(),
+                line: self.from_line,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Per-stage state while reading.
@@ -106,7 +287,7 @@ struct Stage {
 ///
 /// [`DockerfileError`] when the file has no `FROM` or an instruction the backend needs is
 /// malformed.
-pub(crate) fn parse(text: &str) -> Result<FinalStage, DockerfileError> {
+pub fn parse(text: &str) -> Result<FinalStage, DockerfileError> {
     // Editors on Windows may start the file with a byte order mark, which the builder skips.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let escape = escape_directive(text);
@@ -148,14 +329,15 @@ pub(crate) fn parse(text: &str) -> Result<FinalStage, DockerfileError> {
                 stage.state.copies.push(copy);
             }
             "ENTRYPOINT" => {
-                stage.state.entrypoint = Some((line, parse_command(&arguments)));
+                stage.state.entrypoint =
+                    Some((line, parse_command("ENTRYPOINT", line, &arguments)));
                 // An ENTRYPOINT resets a CMD that the base set, but not one set in this stage.
                 if !stage.cmd_set_here {
                     stage.state.cmd = None;
                 }
             }
             "CMD" => {
-                stage.state.cmd = Some((line, parse_command(&arguments)));
+                stage.state.cmd = Some((line, parse_command("CMD", line, &arguments)));
                 stage.cmd_set_here = true;
             }
             "ENV" => {
@@ -295,14 +477,102 @@ fn split_instruction(line: usize, joined: &str) -> (usize, String, String) {
 }
 
 /// Reads an `ENTRYPOINT` or `CMD` argument: exec form when it is a JSON array of strings.
-fn parse_command(arguments: &str) -> CommandForm {
+///
+/// Text that starts like a JSON array is meant as exec form, so one that does not parse is
+/// [`CommandForm::InvalidExec`]: a `[` followed by a quote or a `]`, or a `[` with a `]` at the
+/// end. A shell command that starts with the `[` test builtin (`[ -f x ] && y`) stays shell form.
+fn parse_command(instruction: &'static str, line: usize, arguments: &str) -> CommandForm {
     let trimmed = arguments.trim();
-    if trimmed.starts_with('[') {
-        if let Ok(argv) = serde_json::from_str::<Vec<String>>(trimmed) {
-            return CommandForm::Exec(argv);
-        }
+    let Some(inside) = trimmed.strip_prefix('[') else {
+        return CommandForm::Shell(trimmed.to_owned());
+    };
+    let error = match serde_json::from_str::<Vec<String>>(trimmed) {
+        Ok(argv) => return CommandForm::Exec(argv),
+        Err(error) => error,
+    };
+    let looks_like_exec =
+        inside.trim_start().starts_with(['"', '\'', ']']) || trimmed.ends_with(']');
+    if !looks_like_exec {
+        return CommandForm::Shell(trimmed.to_owned());
     }
-    CommandForm::Shell(trimmed.to_owned())
+    CommandForm::InvalidExec(invalid_exec_form(instruction, line, trimmed, &error))
+}
+
+/// Describes why `text` is not a valid exec-form array and how to write it.
+fn invalid_exec_form(
+    instruction: &'static str,
+    line: usize,
+    text: &str,
+    error: &serde_json::Error,
+) -> InvalidExecForm {
+    // serde_json ends its messages with " at line L column C"; the argument is one line, so the
+    // column alone locates the problem.
+    let message = error.to_string();
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(message, _)| message);
+    let problem = format!("{message} at character {}", error.column());
+
+    let hint = if text.contains('\'') && !text.contains('"') {
+        Some("JSON strings take double quotes")
+    } else if message.starts_with("expected `,` or `]`") {
+        Some("is a comma missing between two items?")
+    } else if error.is_eof() {
+        Some("is the closing `]` missing?")
+    } else {
+        None
+    };
+    let suggestion = recover_items(text).map(|items| {
+        let quoted: Vec<String> = items
+            .iter()
+            .map(|item| serde_json::Value::String(item.clone()).to_string())
+            .collect();
+        format!("{instruction} [{}]", quoted.join(", "))
+    });
+
+    let text = match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    };
+    InvalidExecForm {
+        instruction,
+        line,
+        text,
+        problem,
+        hint,
+        suggestion,
+    }
+}
+
+/// Recovers the items of a broken exec-form array whose only faults are missing commas, a
+/// missing `]` or single quotes: `["a" "b"`, `['a', 'b']`. Returns `None` for anything else,
+/// such as unquoted words, and for an array with no items.
+fn recover_items(text: &str) -> Option<Vec<String>> {
+    let double_quoted = recover_double_quoted(text);
+    if double_quoted.is_some() || text.contains('"') {
+        return double_quoted;
+    }
+    recover_double_quoted(&text.replace('\'', "\""))
+}
+
+/// Reads `[`, then JSON strings separated by commas or whitespace, then an optional `]`.
+fn recover_double_quoted(text: &str) -> Option<Vec<String>> {
+    let mut rest = text.strip_prefix('[')?;
+    let mut items = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
+        if rest.is_empty() || rest == "]" {
+            break;
+        }
+        if !rest.starts_with('"') {
+            return None;
+        }
+        let mut strings = serde_json::Deserializer::from_str(rest).into_iter::<String>();
+        let item = strings.next()?.ok()?;
+        rest = &rest[strings.byte_offset()..];
+        items.push(item);
+    }
+    (!items.is_empty()).then_some(items)
 }
 
 /// Reads a `COPY` or `ADD` instruction: flags, then sources and a destination, in JSON or
@@ -526,7 +796,7 @@ fn expand_variable(
 
 /// Joins an image path to a base directory and normalizes `.` and `..` lexically. The result is
 /// absolute and has no trailing `/` (except for the root itself).
-pub(crate) fn join_image_path(base: &str, path: &str) -> String {
+pub fn join_image_path(base: &str, path: &str) -> String {
     let joined = if path.starts_with('/') {
         path.to_owned()
     } else {
@@ -574,12 +844,213 @@ mod tests {
         );
     }
 
+    /// Returns the invalid exec form of `instruction`'s argument `text`, failing the test when
+    /// the argument parses otherwise.
+    fn invalid_exec(instruction: &str, text: &str) -> InvalidExecForm {
+        let stage = stage(&format!("FROM scratch\n{instruction} {text}\n"));
+        let form = if instruction == "CMD" {
+            stage.cmd
+        } else {
+            stage.entrypoint
+        };
+        match form {
+            Some((2, CommandForm::InvalidExec(invalid))) => invalid,
+            other => panic!("expected an invalid exec form, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn parse_treats_invalid_json_as_shell_form() {
-        let stage = stage("FROM scratch\nCMD ['/agent']\n");
+    fn parse_missing_comma_is_invalid_exec_form() {
+        let invalid = invalid_exec("ENTRYPOINT", "[\"python3\" \"/app/agent.py\"]");
+        assert_eq!(invalid.instruction, "ENTRYPOINT");
+        assert_eq!(invalid.line, 2);
+        assert_eq!(invalid.problem, "expected `,` or `]` at character 12");
+        assert_eq!(invalid.hint, Some("is a comma missing between two items?"));
+        assert_eq!(
+            invalid.suggestion.as_deref(),
+            Some("ENTRYPOINT [\"python3\", \"/app/agent.py\"]")
+        );
+        assert_eq!(
+            invalid.to_string(),
+            "ENTRYPOINT on line 2 is not a valid JSON array: expected `,` or `]` at character 12 \
+             in `[\"python3\" \"/app/agent.py\"]` (is a comma missing between two items?). \
+             Container runtimes would run it as a shell command, which fails: write it as \
+             `ENTRYPOINT [\"python3\", \"/app/agent.py\"]`"
+        );
+    }
+
+    #[test]
+    fn parse_single_quotes_are_invalid_exec_form() {
+        let invalid = invalid_exec("CMD", "['/agent', '-v']");
+        assert_eq!(invalid.hint, Some("JSON strings take double quotes"));
+        assert_eq!(
+            invalid.suggestion.as_deref(),
+            Some("CMD [\"/agent\", \"-v\"]")
+        );
+    }
+
+    #[test]
+    fn parse_unclosed_array_is_invalid_exec_form() {
+        let invalid = invalid_exec("CMD", "[\"/agent\", \"-v\"");
+        assert_eq!(invalid.hint, Some("is the closing `]` missing?"));
+        assert_eq!(
+            invalid.suggestion.as_deref(),
+            Some("CMD [\"/agent\", \"-v\"]")
+        );
+    }
+
+    /// Unquoted words leave nothing to recover, so the message gives the general form.
+    #[test]
+    fn parse_unquoted_words_are_invalid_exec_form() {
+        let invalid = invalid_exec("ENTRYPOINT", "[python3, agent.py]");
+        assert_eq!(invalid.problem, "expected value at character 2");
+        assert_eq!(invalid.hint, None);
+        assert_eq!(invalid.suggestion, None);
+        assert!(
+            invalid
+                .to_string()
+                .ends_with("a JSON array of double-quoted strings, such as `ENTRYPOINT [\"python3\", \"/app/agent.py\"]`"),
+            "{invalid}"
+        );
+    }
+
+    #[test]
+    fn parse_non_string_item_is_invalid_exec_form() {
+        let invalid = invalid_exec("CMD", "[\"/agent\", 3]");
+        assert!(
+            invalid.problem.starts_with("invalid type: integer `3`"),
+            "{}",
+            invalid.problem
+        );
+    }
+
+    /// A shell command that starts with the `[` test builtin is still shell form.
+    #[test]
+    fn parse_test_builtin_stays_shell_form() {
+        let stage = stage("FROM scratch\nCMD [ -x /agent ] && exec /agent\n");
         assert_eq!(
             stage.cmd,
-            Some((2, CommandForm::Shell("['/agent']".to_owned())))
+            Some((
+                2,
+                CommandForm::Shell("[ -x /agent ] && exec /agent".to_owned())
+            ))
+        );
+    }
+
+    /// A long argument is cut in the message.
+    #[test]
+    fn invalid_exec_form_quotes_at_most_200_characters() {
+        let long = format!("[\"{}\" \"x\"]", "a".repeat(500));
+        let invalid = invalid_exec("CMD", &long);
+        assert_eq!(invalid.text.chars().count(), MAX_QUOTED_CHARS + 1);
+        assert!(invalid.text.ends_with('…'));
+    }
+
+    #[test]
+    fn check_accepts_entrypoint_cmd_and_shell_form() {
+        for text in [
+            "FROM scratch\nENTRYPOINT [\"/agent\"]\n",
+            "FROM scratch\nCMD [\"/agent\"]\n",
+            "FROM python:3.11-slim\nCMD python3 /app/agent.py\n",
+            "FROM scratch\nENTRYPOINT []\nCMD [\"/agent\"]\n",
+            "FROM scratch AS base\nCMD [\"/agent\"]\nFROM base\n",
+        ] {
+            assert_eq!(stage(text).check_agent_command(), Ok(()), "{text}");
+        }
+    }
+
+    #[test]
+    fn check_rejects_missing_or_empty_command() {
+        for text in [
+            "FROM python:3.11-slim\nCOPY . /app\n",
+            "FROM python:3.11-slim\nENTRYPOINT []\n",
+            "FROM python:3.11-slim\nCMD []\nENTRYPOINT []\n",
+            "FROM python:3.11-slim\nCMD\n",
+            "FROM scratch AS build\nENTRYPOINT [\"/x\"]\nFROM python:3.11-slim\n",
+        ] {
+            let error = stage(text).check_agent_command().expect_err(text);
+            let DockerfileError::NoAgentCommand { base, line } = &error else {
+                panic!("expected no agent command for {text:?}, got {error:?}");
+            };
+            assert_eq!(base, "python:3.11-slim");
+            assert!(*line == 1 || *line == 3, "{text}: line {line}");
+        }
+    }
+
+    #[test]
+    fn check_rejects_invalid_exec_form_beside_valid_one() {
+        let stage = stage("FROM scratch\nENTRYPOINT [\"/agent\"]\nCMD ['-v']\n");
+        let error = stage.check_agent_command().expect_err("invalid CMD");
+        assert!(
+            matches!(&error, DockerfileError::InvalidExecForm(invalid) if invalid.instruction == "CMD" && invalid.line == 3),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn no_agent_command_message_names_fix() {
+        let error = DockerfileError::NoAgentCommand {
+            base: "python:3.11-slim".to_owned(),
+            line: 1,
+        };
+        assert_eq!(
+            error.to_string(),
+            "the Dockerfile's final stage (FROM python:3.11-slim on line 1) has no ENTRYPOINT or \
+             CMD that starts the agent, so a container would run the base image's own command \
+             instead: add one, such as `ENTRYPOINT [\"python3\", \"/app/agent.py\"]`"
+        );
+    }
+
+    fn package_with(dockerfile: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write Dockerfile");
+        dir
+    }
+
+    fn invalid_reason(result: Result<FinalStage, ExecutorError>) -> String {
+        match result {
+            Err(ExecutorError::InvalidPackage { reason, .. }) => reason,
+            other => panic!("expected an invalid package, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn check_dockerfile_returns_final_stage() {
+        let dir = package_with(b"FROM scratch\nWORKDIR /app\nCMD [\"/app/agent\"]\n");
+        let stage = check_dockerfile(dir.path()).expect("valid Dockerfile");
+        assert_eq!(stage.workdir, "/app");
+        assert_eq!(stage.cmd, Some((3, exec(&["/app/agent"]))));
+    }
+
+    #[test]
+    fn check_dockerfile_rejects_each_problem() {
+        let dir = package_with(b"FROM python:3.11-slim\n");
+        assert!(invalid_reason(check_dockerfile(dir.path())).contains("has no ENTRYPOINT or CMD"));
+
+        let dir = package_with(b"FROM scratch\nENTRYPOINT [\"a\" \"b\"]\n");
+        assert!(invalid_reason(check_dockerfile(dir.path()))
+            .starts_with("ENTRYPOINT on line 2 is not a valid JSON array"));
+
+        let dir = package_with(b"ENTRYPOINT [\"/agent\"]\n");
+        assert_eq!(
+            invalid_reason(check_dockerfile(dir.path())),
+            "invalid Dockerfile: the Dockerfile has no FROM instruction"
+        );
+
+        let dir = package_with(&vec![b'#'; MAX_DOCKERFILE_BYTES as usize + 1]);
+        assert_eq!(
+            invalid_reason(check_dockerfile(dir.path())),
+            format!(
+                "the Dockerfile has {} bytes, more than the 1048576 that agentrun reads: \
+                 shorten it",
+                MAX_DOCKERFILE_BYTES + 1
+            )
+        );
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert_eq!(
+            invalid_reason(check_dockerfile(dir.path())),
+            "the package has no Dockerfile at its top level"
         );
     }
 
