@@ -100,6 +100,54 @@ async fn integration_round_trips_with_env_apart() {
     assert_eq!(listed[0].agent_id, agent_id_for("slack"));
 }
 
+/// Reading integrations reuses the manifest parsed at insert, replacement or the first read:
+/// lists do not validate manifests (and compile their regexes) again.
+#[tokio::test]
+async fn reads_do_not_parse_manifests_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = key();
+    let store = open(dir.path(), &key);
+    ready(&store, "a").await;
+    for _ in 0..3 {
+        store.integrations().await.expect("list");
+        store
+            .integration(agent_id_for("a"))
+            .await
+            .expect("get")
+            .expect("exists");
+    }
+    assert_eq!(store.manifest_parses(), 0);
+
+    let mut replacement = manifest("a");
+    replacement.take_user_input = false;
+    store
+        .replace_package(
+            agent_id_for("a"),
+            replacement,
+            "d2".to_owned(),
+            PathBuf::from("/p"),
+        )
+        .await
+        .expect("replace")
+        .expect("exists");
+    let record = store
+        .integration(agent_id_for("a"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(!record.manifest.take_user_input);
+    assert_eq!(store.manifest_parses(), 0);
+
+    // A new process parses each stored manifest once.
+    drop(store);
+    let store = open(dir.path(), &key);
+    for _ in 0..3 {
+        let records = store.integrations().await.expect("list");
+        assert!(!records[0].manifest.take_user_input);
+    }
+    assert_eq!(store.manifest_parses(), 1);
+}
+
 #[tokio::test]
 async fn integration_name_unique_ignoring_case() {
     let dir = tempfile::tempdir().expect("temp dir");
