@@ -192,3 +192,126 @@ async fn bearer_scheme_ignores_case() {
     let response = client.get("/v1/integrations").await;
     assert_eq!(response.status, 401, "{}", response.text());
 }
+
+/// Errors about an uploaded manifest or package name files relative to the package, never the
+/// folder the service unpacked it into, and never quote a manifest's `env` value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_errors_name_package_paths() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+    let data_dir = dir.path().join("data").display().to_string();
+    let zip = shell_package(&dir.path().join("package"));
+
+    // TOML sent as the `manifest` part gets a hint to send JSON.
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    b"name = \"Slack\"\n".to_vec(),
+                ),
+                ("package", "application/zip", zip.clone()),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let body = response.json();
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("invalid JSON in the `manifest` part at line 1"),
+        "{body}"
+    );
+    assert!(
+        message.contains("send TOML as integration.toml inside the package"),
+        "{body}"
+    );
+
+    // An `env` of the wrong type is a secret in the wrong shape: it is not echoed.
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    br#"{"name": "Slack", "env": "HIDDEN-2"}"#.to_vec(),
+                ),
+                ("package", "application/zip", zip.clone()),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    assert!(!response.text().contains("HIDDEN-2"), "{}", response.text());
+    assert_eq!(response.json()["errors"][0]["field"], "env");
+
+    // A broken integration.toml in the package is named relative to the package.
+    let package = dir.path().join("toml-package");
+    shell_package(&package);
+    std::fs::write(package.join("integration.toml"), "name = \n").expect("write manifest");
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[("package", "application/zip", harness::zip_folder(&package))],
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let message = response.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with("invalid TOML in integration.toml at line 1"),
+        "{message}"
+    );
+    assert!(!response.text().contains(&data_dir), "{}", response.text());
+
+    // A package that fails to build stores an error without the service's paths.
+    let package = dir.path().join("shell-form");
+    std::fs::create_dir_all(&package).expect("mkdir");
+    std::fs::write(
+        package.join("Dockerfile"),
+        "FROM scratch\nENTRYPOINT /bin/agent\n",
+    )
+    .expect("write Dockerfile");
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    shell_manifest("Broken").to_string().into_bytes(),
+                ),
+                ("package", "application/zip", harness::zip_folder(&package)),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let agent_id = response.json()["agent_id"]
+        .as_str()
+        .expect("agent_id")
+        .to_owned();
+    let failed = harness::wait_for(
+        "the build to fail",
+        std::time::Duration::from_secs(60),
+        || async {
+            let body = client
+                .get(&format!("/v1/integrations/{agent_id}"))
+                .await
+                .json();
+            (body["state"] == "failed").then_some(body)
+        },
+    )
+    .await;
+    let build_error = failed["build_error"].as_str().unwrap_or_default();
+    assert!(build_error.starts_with("invalid package: "), "{failed}");
+    assert!(!build_error.contains(&data_dir), "{failed}");
+}

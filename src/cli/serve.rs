@@ -1,7 +1,7 @@
 //! `agentrun serve`: loads the service configuration and runs the service.
 
 use crate::config::Config;
-use crate::error::Exit;
+use crate::error::{error_chain, Exit};
 use crate::service::{self, ServiceError};
 
 use super::output::{errln, outln};
@@ -47,16 +47,4 @@ pub async fn serve(args: ServeArgs) -> Exit {
             }
         }
     }
-}
-
-/// Returns an error and its sources as one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -58,6 +58,9 @@ pub const MAX_FIELD_NAME_CHARS: usize = 64;
 /// Allowed range of `[run] timeout_secs`: the job deadline range that the service configuration
 /// and the command line accept too, 1 second to one day.
 pub const TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=crate::config::MAX_TIMEOUT_SECS;
+/// Source named in the errors of [`Manifest::from_json_slice`]: the HTTP API's multipart part
+/// that carries a JSON manifest.
+pub const JSON_ORIGIN: &str = "the `manifest` part";
 /// Maximum size of a manifest file, in bytes. Real manifests are a few kilobytes.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
@@ -331,7 +334,7 @@ impl Manifest {
     ///
     /// As [`Manifest::from_toml_str`].
     pub fn from_json_slice(json: &[u8]) -> Result<Self, ManifestError> {
-        Self::from_json_checking(json, Prefills::Check)
+        Self::from_json_checking(json, Prefills::Check, JSON_ORIGIN)
     }
 
     /// Parses a manifest that was valid when it was stored, such as one that a service saved
@@ -346,11 +349,14 @@ impl Manifest {
     ///
     /// As [`Manifest::from_json_slice`].
     pub fn from_stored_json(json: &[u8]) -> Result<Self, ManifestError> {
-        Self::from_json_checking(json, Prefills::Skip)
+        Self::from_json_checking(json, Prefills::Skip, "the database")
     }
 
-    fn from_json_checking(json: &[u8], prefills: Prefills) -> Result<Self, ManifestError> {
-        let origin = "manifest JSON";
+    fn from_json_checking(
+        json: &[u8],
+        prefills: Prefills,
+        origin: &str,
+    ) -> Result<Self, ManifestError> {
         let tree: serde_json::Value =
             serde_json::from_slice(json).map_err(|error| ManifestError::Syntax {
                 origin: origin.to_owned(),
@@ -444,7 +450,7 @@ impl TryFrom<RawManifest> for Manifest {
 
     fn try_from(raw: RawManifest) -> Result<Self, Self::Error> {
         raw.validate().map_err(|problems| ManifestError::Invalid {
-            origin: "manifest".to_owned(),
+            origin: "the serialized document".to_owned(),
             problems,
         })
     }
@@ -476,7 +482,7 @@ pub enum ManifestError {
     /// The text is not valid TOML or JSON.
     #[error("invalid {format} in {origin} at line {line}, column {column}: {message}")]
     Syntax {
-        /// Source of the text: a path, `integration.toml` or `manifest JSON`.
+        /// Source of the text: a path, `integration.toml` or [`JSON_ORIGIN`].
         origin: String,
         /// `TOML` or `JSON`.
         format: &'static str,
@@ -489,7 +495,7 @@ pub enum ManifestError {
     },
 
     /// The manifest parsed but breaks one or more rules.
-    #[error("invalid manifest {origin}:{}", format_problems(problems))]
+    #[error("invalid manifest in {origin}:{}", format_problems(problems))]
     Invalid {
         /// Source of the text.
         origin: String,

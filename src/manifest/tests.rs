@@ -160,7 +160,7 @@ fn manifest_load_error_names_path() {
     assert_eq!(
         error.to_string(),
         format!(
-            "invalid manifest {}:\n  section: unknown value \"sidebar\"; expected one of canvas, collaborate",
+            "invalid manifest in {}:\n  section: unknown value \"sidebar\"; expected one of canvas, collaborate",
             path.display()
         )
     );
@@ -296,7 +296,7 @@ fn manifest_wrong_container_types() {
         problems("name = \"x\"\nfields = 3\nenv = \"A=1\"\nrun = true\n"),
         [
             "fields: expected a list of tables ([[fields]] in TOML), found the number 3",
-            "env: expected a table of variable names and string values, found the string \"A=1\"",
+            "env: expected a table of variable names and string values, such as { API_TOKEN = \"…\" }, found a string",
             "run: expected a table ([run]), found the boolean true",
         ]
     );
@@ -510,6 +510,21 @@ fn manifest_env_rules() {
 fn manifest_env_value_not_in_message() {
     let found = problems("name = \"x\"\n[env]\nTOKEN = \"hunter2\\u0000\"\n");
     assert!(!found[0].contains("hunter2"), "{found:?}");
+}
+
+/// An `env` that is not a table may be a secret in the wrong shape: no message quotes it.
+#[test]
+fn manifest_env_of_wrong_type_not_in_message() {
+    for json in [
+        r#"{"name": "x", "env": "HIDDEN-2"}"#,
+        r#"{"name": "x", "env": ["HIDDEN-2"]}"#,
+        r#"{"name": "x", "env": {"A": ["HIDDEN-2"]}}"#,
+    ] {
+        let error = Manifest::from_json_slice(json.as_bytes()).expect_err("invalid env");
+        let text = format!("{error} {:?}", error.problems());
+        assert!(!text.contains("HIDDEN-2"), "{json}: {text}");
+        assert!(text.contains("env"), "{json}: {text}");
+    }
 }
 
 #[test]

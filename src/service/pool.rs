@@ -250,7 +250,15 @@ async fn run(service: &Service, job: JobRecord, cancel: CancellationToken) -> Jo
                 "the integration was deleted before the job started".to_owned(),
             )
         }
-        Err(error) => return failure(JobState::Error, format!("reading the integration: {error}")),
+        Err(error) => {
+            return failure(
+                JobState::Error,
+                format!(
+                    "reading the integration failed: {}",
+                    crate::error::error_chain(&error)
+                ),
+            )
+        }
     };
     let Some(prepared) = record.prepared.clone() else {
         return failure(
@@ -292,8 +300,9 @@ async fn run(service: &Service, job: JobRecord, cancel: CancellationToken) -> Jo
             format!("the values no longer fit the integration's form, which changed after the job was submitted: {errors}"),
         ),
         Err(error) => {
-            tracing::error!(error = %error, "the executor failed to run the job");
-            failure(JobState::Error, error.to_string())
+            let text = crate::error::error_chain(&error);
+            tracing::error!(error = %text, "the executor failed to run the job");
+            failure(JobState::Error, text)
         }
     }
 }
