@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize, Serializer};
 
 use validate::{Prefills, RawManifest};
@@ -63,6 +63,17 @@ pub const TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=crate::config:
 pub const JSON_ORIGIN: &str = "the `manifest` part";
 /// Maximum size of a manifest file, in bytes. Real manifests are a few kilobytes.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+/// Maximum number of `[[fields]]` in a manifest. Forms that people fill in have a handful, and
+/// the cap bounds the time spent compiling their regexes.
+pub const MAX_FIELDS: usize = 100;
+/// Maximum compiled size of one field's regex, in bytes, passed to the regex crate as both
+/// `size_limit` and `dfa_size_limit`. `.{1,2000}` and `\w{50}` fit, `\w{200}` (200 Unicode word
+/// characters) does not.
+///
+/// NOTE: a pattern just under the limit still takes up to about 150 ms to compile in a debug
+/// build (measured on a 2-core x86-64 VM), so [`MAX_FIELDS`] of them take seconds. Manifests
+/// are validated on blocking threads for that reason.
+pub const MAX_REGEX_BYTES: usize = 4 * 1024 * 1024;
 
 /// A validated integration manifest.
 ///
@@ -252,16 +263,25 @@ impl FieldRegex {
     ///
     /// # Errors
     ///
-    /// The `regex` crate's error when `source` is not a valid pattern or compiles too large.
+    /// The `regex` crate's error when `source` is not a valid pattern or compiles to more than
+    /// [`MAX_REGEX_BYTES`] (`regex::Error::CompiledTooBig`).
     pub fn new(source: &str) -> Result<Self, regex::Error> {
-        // Compiling the pattern alone first makes the error point into the user's text rather
-        // than into the anchored wrapper.
-        Regex::new(source)?;
-        let whole = Regex::new(&format!("^(?:{source})$"))?;
-        Ok(Self {
-            source: source.to_owned(),
-            whole,
-        })
+        let compile = |pattern: &str| {
+            RegexBuilder::new(pattern)
+                .size_limit(MAX_REGEX_BYTES)
+                .dfa_size_limit(MAX_REGEX_BYTES)
+                .build()
+        };
+        match compile(&format!("^(?:{source})$")) {
+            Ok(whole) => Ok(Self {
+                source: source.to_owned(),
+                whole,
+            }),
+            // A syntax error is reported from the pattern alone, so that its position points
+            // into the user's text rather than into the anchored wrapper.
+            Err(error @ regex::Error::Syntax(_)) => Err(compile(source).err().unwrap_or(error)),
+            Err(error) => Err(error),
+        }
     }
 
     /// Returns the pattern as written in the manifest.

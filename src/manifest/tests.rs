@@ -492,6 +492,53 @@ fn manifest_regex_matches_whole_value() {
     assert!(!regex.matches_whole("x none"));
 }
 
+/// A regex that compiles past the size limit is rejected with a problem naming the field, and
+/// a syntax error still points into the pattern as written.
+#[test]
+fn manifest_regex_size_limit() {
+    let found = problems(
+        "name = \"x\"\n[[fields]]\nname = \"ok\"\nregex = '\\w{20}'\n\
+         [[fields]]\nname = \"big\"\nregex = '\\w{200}'\n",
+    );
+    assert_eq!(
+        found,
+        [format!(
+            "fields[1].regex (field \"big\"): regex \"\\\\w{{200}}\" compiles to more than \
+             {MAX_REGEX_BYTES} bytes, the maximum for a field; use fewer repetitions, or ASCII \
+             classes such as [0-9A-Za-z_] in place of \\w"
+        )]
+    );
+
+    let error = FieldRegex::new("a(b").expect_err("unclosed group");
+    assert!(error.to_string().contains("a(b"), "{error}");
+    assert!(!error.to_string().contains("^(?:"), "{error}");
+}
+
+/// A manifest with more fields than the maximum gets one problem with the count.
+#[test]
+fn manifest_field_count_limit() {
+    let mut toml_text = "name = \"x\"\n".to_owned();
+    for index in 0..=MAX_FIELDS {
+        toml_text.push_str(&format!("[[fields]]\nname = \"f{index}\"\n"));
+    }
+    assert_eq!(
+        problems(&toml_text),
+        [format!(
+            "fields: the manifest has {} fields; the maximum is {MAX_FIELDS}, so split the \
+             integration or drop fields it does not need",
+            MAX_FIELDS + 1
+        )]
+    );
+
+    let allowed: String = (0..MAX_FIELDS)
+        .map(|index| format!("[[fields]]\nname = \"f{index}\"\n"))
+        .collect();
+    assert_eq!(
+        parse(&format!("name = \"x\"\n{allowed}")).fields.len(),
+        MAX_FIELDS
+    );
+}
+
 #[test]
 fn manifest_env_rules() {
     let found =
