@@ -169,6 +169,9 @@ pub struct JobsConfig {
     pub timeout_secs: u64,
     /// Cap on an agent's stdout, in bytes. Default 1 MiB.
     pub max_stdout_bytes: usize,
+    /// Maximum size of a work message after keyword substitution, in bytes. A larger job gets
+    /// 422 at submission. Default 16 MiB.
+    pub max_message_bytes: usize,
     /// Trailing bytes of an agent's stderr kept with each job. Default 16 KiB.
     pub stderr_tail_bytes: usize,
     /// Stderr lines quoted in a job's error text. Default 10.
@@ -187,6 +190,7 @@ impl Default for JobsConfig {
             per_integration: DEFAULT_PER_INTEGRATION,
             timeout_secs: DEFAULT_JOB_TIMEOUT_SECS,
             max_stdout_bytes: agentrun_executor::DEFAULT_MAX_STDOUT_BYTES,
+            max_message_bytes: crate::dispatcher::DEFAULT_MAX_MESSAGE_BYTES,
             stderr_tail_bytes: agentrun_executor::DEFAULT_STDERR_TAIL_BYTES,
             stderr_tail_lines: crate::dispatcher::DEFAULT_STDERR_TAIL_LINES,
             max_queued: DEFAULT_MAX_QUEUED,
@@ -469,6 +473,7 @@ impl Config {
         check_timeout("jobs.timeout_secs", self.jobs.timeout_secs)?;
         check_timeout("health.timeout_secs", self.health.timeout_secs)?;
         check_at_least_one("jobs.max_stdout_bytes", self.jobs.max_stdout_bytes)?;
+        check_at_least_one("jobs.max_message_bytes", self.jobs.max_message_bytes)?;
         check_at_least_one("jobs.max_queued", self.jobs.max_queued)?;
         check_at_least_one("api.max_body_bytes", self.api.max_body_bytes)?;
         check_at_least_one("api.request_timeout_secs", self.api.request_timeout_secs)?;

@@ -315,3 +315,43 @@ async fn upload_errors_name_package_paths() {
     assert!(build_error.starts_with("invalid package: "), "{failed}");
     assert!(!build_error.contains(&data_dir), "{failed}");
 }
+
+/// A job whose work message would pass `[jobs] max_message_bytes` gets 422 naming the limit
+/// and the size, and is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_over_limit_gets_422() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!("{SUBPROCESS}[jobs]\nmax_message_bytes = 1000\n");
+    let mut service = ServiceProcess::start(dir.path(), &config, &[]);
+    service.wait_ready().await;
+    let client = service.client();
+    let agent_id = register_shell(&client, dir.path(), "Bounded").await;
+    let jobs = format!("/v1/integrations/{agent_id}/jobs");
+
+    let response = client
+        .json(
+            "POST",
+            &jobs,
+            &json!({ "values": { "sleep": "1".repeat(2000) } }),
+        )
+        .await;
+    assert_eq!(response.status, 422, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["error"], "message_too_large", "{body}");
+    assert_eq!(
+        body["message"],
+        "the work message is at least 2005 bytes, more than the limit of 1000 bytes \
+         (max_message_bytes); shorten the field values or the context",
+        "{body}"
+    );
+    let listed = client
+        .get(&format!("/v1/jobs?integration={agent_id}"))
+        .await
+        .json();
+    assert_eq!(listed["jobs"], json!([]), "{listed}");
+
+    let response = client
+        .json("POST", &jobs, &json!({ "values": { "sleep": "0" } }))
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+}

@@ -205,6 +205,7 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
         max_stdout_bytes: config.jobs.max_stdout_bytes,
         stderr_tail_bytes: config.jobs.stderr_tail_bytes,
         stderr_tail_lines: config.jobs.stderr_tail_lines,
+        max_message_bytes: config.jobs.max_message_bytes,
         limits: config.limits.clone(),
     };
     let dispatcher = Dispatcher::with_defaults(executor, defaults).with_job_ids(job_ids);

@@ -18,7 +18,9 @@ use super::extract::{context_object, ApiJson, JsonMembers};
 use super::integrations::parse_agent_id;
 use super::reject_when_stopping;
 use super::views::JobView;
-use crate::forms::{self, Context};
+use crate::dispatcher;
+use crate::error::Error;
+use crate::forms::Context;
 use crate::manifest::Manifest;
 use crate::protocol::agent_id_for;
 use crate::service::integrations::check_accepts_jobs;
@@ -118,10 +120,30 @@ pub(crate) async fn submit(
         ));
     }
     let dropped = drop_excess_unknown(&record.manifest, &mut values);
-    forms::resolve(&record.manifest, &values, &body.context).map_err(|errors| {
-        let total = errors.errors.len() + dropped;
-        ApiError::form_values(errors, total)
-    })?;
+    // The job id is drawn after the check, so the check uses the longest id.
+    let checked = dispatcher::work_message(
+        &record.manifest,
+        agent_id,
+        u64::MAX,
+        &values,
+        &body.context,
+        service.config().jobs.max_message_bytes,
+    );
+    match checked {
+        Ok(_) => {}
+        Err(Error::Form(errors)) => {
+            let total = errors.errors.len() + dropped;
+            return Err(ApiError::form_values(errors, total));
+        }
+        Err(Error::MessageTooLarge(error)) => {
+            return Err(ApiError::unprocessable(
+                "message_too_large",
+                error.to_string(),
+                Vec::new(),
+            ))
+        }
+        Err(error) => return Err(ApiError::internal(&error)),
+    }
 
     // Subscribe before the insert, so that a job that ends at once is not missed.
     let mut finished = service.events.subscribe();
