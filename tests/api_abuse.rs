@@ -30,10 +30,11 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// check gets 404.
 const MISSING_JOBS: &str = "/v1/integrations/00000000-0000-5000-8000-000000000000/jobs";
 
-/// Subprocess executor, no periodic health checks, short header and request deadlines, and a
+/// Subprocess executor, no periodic health checks, short header, request and wait deadlines, and a
 /// package limit small enough to pass quickly.
 const CONFIG: &str = "executor = \"subprocess\"\n\
     [health]\ninterval_secs = 0\n\
+    [jobs]\nwait_timeout_secs = 4\n\
     [api]\nheader_read_timeout_secs = 2\nrequest_timeout_secs = 4\n\
     [intake]\nmax_archive_bytes = 4194304\n";
 

@@ -8,8 +8,8 @@ use super::output::{errln, outln};
 use super::ServeArgs;
 
 /// Runs `agentrun serve`. Exit status: 0 after a clean stop (SIGTERM or SIGINT), 2 for an
-/// invalid configuration (a data folder that another service uses included), 4 when the
-/// executor or the service's own files are unavailable.
+/// invalid configuration (a data folder that another service uses and a secrets key of the wrong
+/// format included), 4 when the executor or the service's own files are unavailable.
 pub async fn serve(args: ServeArgs) -> Exit {
     let config = match Config::load(args.config) {
         Ok(config) => config,
@@ -37,12 +37,13 @@ pub async fn serve(args: ServeArgs) -> Exit {
         Ok(()) => Exit::Success,
         Err(error) => {
             let text = error_chain(&error);
+            // The log goes to stderr, so the error is not printed a second time.
             tracing::error!(error = %text, "the service could not start");
-            errln!("error: {text}");
             match error {
                 ServiceError::Config(_)
                 | ServiceError::DataDirLocked { .. }
-                | ServiceError::NotASocket { .. } => Exit::InvalidInput,
+                | ServiceError::NotASocket { .. }
+                | ServiceError::InvalidKey { .. } => Exit::InvalidInput,
                 _ => Exit::ExecutorUnavailable,
             }
         }

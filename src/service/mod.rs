@@ -235,7 +235,7 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
         executor = service.executor().name(),
         data_dir = %service.config.data_dir.display(),
         unix = %service.config.listen.unix.display(),
-        tcp = ?service.config.listen.tcp,
+        tcp = service.config.listen.tcp.map(tracing::field::display),
         "agentrun service ready"
     );
     notify::ready();
