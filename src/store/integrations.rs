@@ -434,8 +434,9 @@ impl Store {
     /// Replaces an integration's manifest and package and sets it to `building`. Returns the
     /// record as it was before, or `None` when there is no such integration.
     ///
-    /// The stored env is kept; variables that the new manifest's `[env]` adds are appended with
-    /// the manifest's values.
+    /// The stored env is kept, and a stored value wins over the new manifest's `[env]` value for
+    /// the same key, because stored values were set on purpose. Keys that only the new manifest
+    /// has are appended with its values.
     ///
     /// # Errors
     ///

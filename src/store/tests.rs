@@ -321,6 +321,10 @@ async fn replace_package_keeps_env_and_rebuilds() {
     replacement
         .env
         .insert("EXTRA".to_owned(), "from-manifest".to_owned());
+    // A stored value wins over the replacement manifest's value for the same key.
+    replacement
+        .env
+        .insert("url".to_owned(), "manifest-default".to_owned());
     let previous = store
         .replace_package(
             agent_id_for("slack"),
