@@ -333,13 +333,7 @@ pub(crate) async fn actions(
     State(service): State<Arc<Service>>,
     query: Result<Query<ActionsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|rejection| {
-        ApiError::unprocessable(
-            "invalid_query",
-            format!("invalid query: {}", rejection.body_text()),
-            Vec::new(),
-        )
-    })?;
+    let Query(query) = query.map_err(|rejection| super::jobs::query_error(&rejection))?;
     let section = parse_section(query.section.as_deref())?;
     let (section, element) = parse_element(section, query.section_element.as_deref())?;
     let element_type = query.section_element_type.filter(|text| !text.is_empty());

@@ -65,12 +65,30 @@ fn job_response(status: StatusCode, job: &JobRecord) -> Response {
         .into_response()
 }
 
-fn query_error(rejection: &QueryRejection) -> ApiError {
-    ApiError::unprocessable(
-        "invalid_query",
-        format!("invalid query: {}", rejection.body_text()),
-        Vec::new(),
-    )
+/// Turns a query that does not parse into a 422 like the other invalid queries: one entry in
+/// `errors` for the parameter, when the parser names it.
+pub(crate) fn query_error(rejection: &QueryRejection) -> ApiError {
+    let text = rejection.body_text();
+    let detail = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text);
+    let parameter = detail.split_once(": ").and_then(|(name, _)| {
+        let is_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        is_name.then(|| name.to_owned())
+    });
+    let message = format!("invalid query: {detail}");
+    let errors = parameter
+        .map(|field| FieldError {
+            field,
+            message: message.clone(),
+            rule: None,
+        })
+        .into_iter()
+        .collect();
+    ApiError::unprocessable("invalid_query", message, errors)
 }
 
 /// `POST /v1/integrations/{id}/jobs[?wait=true]`: validates the values (422 with one entry per
