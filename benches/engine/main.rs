@@ -10,12 +10,16 @@
 //! Each job goes through the [`Dispatcher`], as a job of the CLI or the service does: the form is
 //! resolved, the message built, the executor runs the agent and the reply is parsed. Each job
 //! is checked: a job that does not return the sent text fails the benchmark.
+//!
+//! The memory rows come from the release `agentrun serve` binary in a process of its own (see
+//! the `memory` module), since this process holds every executor and the measured jobs.
 
 #[path = "../../tests/common/testagent.rs"]
 mod testagent;
 
 mod baseline;
 mod machine;
+mod memory;
 mod report;
 mod stats;
 
@@ -101,6 +105,10 @@ struct Args {
     #[arg(long, env = "AGENTRUN_BENCH_NETWORK", default_value = "none")]
     network: String,
 
+    /// Jobs queued in the service for the memory figure; 0 skips the memory rows.
+    #[arg(long, env = "AGENTRUN_BENCH_QUEUED", default_value_t = 10_000)]
+    queued: usize,
+
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -130,6 +138,17 @@ async fn run(args: Args) -> Result<(), String> {
         describe_args(&args)
     );
 
+    if args.queued > 0 {
+        println!("measuring the service's memory");
+        match memory::measure(args.queued).await {
+            Ok(rows) => report.memory = rows,
+            Err(error) => {
+                report.skipped.push(format!("memory: {error}"));
+                eprintln!("skipping the memory rows: {error}");
+            }
+        }
+    }
+
     let dir =
         tempfile::tempdir().map_err(|error| format!("creating a temp dir failed: {error}"))?;
     let agents = load_agents(&args.agents, dir.path()).await?;
@@ -156,7 +175,7 @@ async fn run(args: Args) -> Result<(), String> {
 
 fn describe_args(args: &Args) -> String {
     format!(
-        "--samples {} --subprocess-samples {} --jobs {} --subprocess-jobs {} --concurrency {} --warmup {} --builds {} --executors {} --agents {} --network {}",
+        "--samples {} --subprocess-samples {} --jobs {} --subprocess-jobs {} --concurrency {} --warmup {} --builds {} --executors {} --agents {} --network {} --queued {}",
         args.samples,
         args.subprocess_samples,
         args.jobs,
@@ -166,7 +185,8 @@ fn describe_args(args: &Args) -> String {
         args.builds,
         args.executors.join(","),
         args.agents.join(","),
-        args.network
+        args.network,
+        args.queued
     )
 }
 

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::memory::MemoryRow;
 use crate::stats::{ms, ratio, Latency, Throughput};
 
 /// Everything one run measured.
@@ -11,6 +12,7 @@ pub struct Report {
     pub concurrency: usize,
     pub rows: Vec<Row>,
     pub builds: Vec<BuildRow>,
+    pub memory: Vec<MemoryRow>,
     pub skipped: Vec<String>,
     pub load_after: String,
 }
@@ -125,6 +127,7 @@ impl Report {
             concurrency,
             rows: Vec::new(),
             builds: Vec::new(),
+            memory: Vec::new(),
             skipped: Vec::new(),
             load_after: String::new(),
         }
@@ -236,10 +239,37 @@ impl fmt::Display for Report {
         }
 
         writeln!(f, "\n## Engine memory\n")?;
-        writeln!(f, "| figure | VmRSS |")?;
-        writeln!(f, "| --- | --- |")?;
-        writeln!(f, "| service idle | pending: measured through `agentrun serve` once the service is on main |")?;
-        writeln!(f, "| service with 10,000 jobs queued | pending: as above |")?;
+        if self.memory.is_empty() {
+            writeln!(f, "Not measured.")?;
+        } else {
+            writeln!(
+                f,
+                "`agentrun serve` on the subprocess executor; MB are 10^6 bytes.\n"
+            )?;
+            writeln!(
+                f,
+                "| figure | VmRSS MB | VmHWM MB | RssAnon MB | threads | target | met |"
+            )?;
+            writeln!(f, "|{}", " --- |".repeat(7))?;
+            for row in &self.memory {
+                let (target, met) = match row.target_bytes {
+                    Some(target) => (
+                        format!("VmRSS < {}", mb(target)),
+                        if row.rss_bytes < target { "yes" } else { "NO" },
+                    ),
+                    None => ("-".to_owned(), "-"),
+                };
+                writeln!(
+                    f,
+                    "| {} | {} | {} | {} | {} | {target} | {met} |",
+                    row.figure,
+                    mb(row.rss_bytes),
+                    mb(row.hwm_bytes),
+                    mb(row.anon_bytes),
+                    row.threads
+                )?;
+            }
+        }
 
         if !self.skipped.is_empty() {
             writeln!(f, "\n## Skipped\n")?;
@@ -249,4 +279,9 @@ impl fmt::Display for Report {
         }
         writeln!(f, "\nload average after: {}", self.load_after)
     }
+}
+
+/// Formats bytes as MB (10^6 bytes) with one decimal.
+fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1e6)
 }

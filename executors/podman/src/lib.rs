@@ -29,10 +29,10 @@
 //! Each step is a function of its own, so that a pool of pre-started containers can reuse
 //! create, attach and start ahead of demand and the write and collect steps per job.
 //!
-//! Most requests go through the `podman-api` crate. Create, build and the state polls that
-//! read the exit code are plain HTTP requests on the same socket instead. The crate cannot set
-//! no-new-privileges or send a prepared tar context, its wait discards the exit code, and its
-//! inspect computes sizes. See the `libpod` module.
+//! Most requests go through the `podman-api` crate. Create, attach, build and the state polls
+//! that read the exit code are plain HTTP requests on the same socket instead. The crate cannot
+//! set no-new-privileges or send a prepared tar context, its wait discards the exit code, and
+//! its inspect, which its attach also runs, computes sizes. See the `libpod` module.
 //!
 //! # Known Limitations
 //!

@@ -38,13 +38,11 @@
 //!   no warm container and leave idle ones behind until they expire.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentrun_executor::{ExecutorError, JobSpec, OutputCapture, LABEL_JOB_ID};
-use futures_util::{AsyncWrite, StreamExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn, Instrument};
@@ -65,9 +63,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// How often the pool looks for containers past their idle expiry, at most.
 const MAX_REAP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// The stdin half of an attached container.
-type InputSink = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// Counts of the warm pool, over all keys.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,14 +117,14 @@ struct Slot {
 
 /// A started container waiting for a job.
 struct Ready {
-    started: Started<InputSink>,
+    started: Started,
     watch: Watch,
     since: Instant,
 }
 
 /// A container a job has taken.
 pub(crate) struct Claimed {
-    started: Started<InputSink>,
+    started: Started,
 }
 
 /// The task that notices a waiting container's death.
@@ -366,22 +361,17 @@ async fn create_attach_start(
     connection: Connection,
     spec: &CreateSpec,
     done: oneshot::Sender<()>,
-) -> Result<Started<InputSink>, ExecutorError> {
+) -> Result<Started, ExecutorError> {
     // The container removes itself when dropped, on every failure below.
     let mut container = Container::new(connection.clone(), spec.name.clone().unwrap_or_default());
     let id = create(&connection, spec).await?;
     container.set_id(id);
-    let multiplexer = attach(&container).await?;
-    let (reader, writer) = multiplexer.split();
-    let reader = reader.map(move |item| {
-        let _alive = &done;
-        item
-    });
-    let (output, reader_task) = spawn_reader(reader);
+    let (reader, writer) = attach(&container).await?;
+    let (output, reader_task) = spawn_reader(reader, done);
     start(&container).await?;
     Ok(Started {
         container,
-        writer: Box::pin(writer),
+        writer,
         output,
         reader_task,
         started_at: SystemTime::now(),

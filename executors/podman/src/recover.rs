@@ -177,8 +177,8 @@ async fn list_containers(
 /// Reads a finished container's stdout and stderr from its log. Returns the capture and
 /// whether stdout passed the cap.
 ///
-/// The log stream is decoded in its own task for the same reason as the attach stream: the
-/// crate's decoder panics on an unknown stream type byte.
+/// The log stream is decoded in its own task, because the crate's decoder panics on an unknown
+/// stream type byte and a task turns that panic into an error.
 async fn read_logs(
     connection: &Connection,
     id: &str,

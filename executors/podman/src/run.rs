@@ -12,16 +12,17 @@ use agentrun_executor::{
     CancellationToken, ExecutorError, ExitStatus, JobEnd, JobOutcome, JobSpec, OutputCapture,
     Prepared, Target, LABEL_AGENT_ID, LABEL_ENGINE, LABEL_INTEGRATION, LABEL_JOB_ID,
 };
-use futures_util::io::AsyncWriteExt;
-use futures_util::{AsyncWrite, Stream, StreamExt};
-use podman_api::conn::TtyChunk;
-use podman_api::opts::{ContainerAttachOpts, ContainerDeleteOpts};
+use podman_api::opts::ContainerDeleteOpts;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::connect::{is_not_found, runtime_error, Connection};
-use crate::libpod::{self, CreateSpec, LogConfiguration, Mount, Namespace, Rlimit};
+use crate::libpod::{
+    self, AttachReader, AttachWriter, CreateSpec, LogConfiguration, Mount, Namespace, OutputChunk,
+    Rlimit,
+};
 use crate::{PodmanConfig, PodmanExecutor, EXECUTOR};
 
 /// Limit on removing a container after its job, separate from the job's deadline so that a job
@@ -168,8 +169,8 @@ async fn run_container(
     tracing::Span::current().record("container_id", id.as_str());
 
     // Attach before start, so that no output is lost and runtime errors surface here.
-    let multiplexer = match stop.until(attach(&container)).await {
-        Ok(Ok(multiplexer)) => multiplexer,
+    let (reader, writer) = match stop.until(attach(&container)).await {
+        Ok(Ok(halves)) => halves,
         Ok(Err(error)) => {
             container.remove().await;
             return Err(error);
@@ -179,8 +180,7 @@ async fn run_container(
             return Ok(Ran::stopped(end, Some(id)));
         }
     };
-    let (reader, writer) = multiplexer.split();
-    let (mut output, reader_task) = spawn_reader(reader);
+    let (mut output, reader_task) = spawn_reader(reader, ());
 
     // Start.
     let started_at = SystemTime::now();
@@ -216,9 +216,9 @@ async fn run_container(
 
 /// A started container whose agent waits for its message, with the two halves of its attach
 /// connection.
-pub(crate) struct Started<W> {
+pub(crate) struct Started {
     pub(crate) container: Container,
-    pub(crate) writer: W,
+    pub(crate) writer: AttachWriter,
     pub(crate) output: mpsc::Receiver<OutputItem>,
     pub(crate) reader_task: AbortOnDrop<()>,
     pub(crate) started_at: SystemTime,
@@ -226,15 +226,12 @@ pub(crate) struct Started<W> {
 
 /// Runs a job in a started container from the write of its message on: collects the output,
 /// waits for the exit code and removes the container. The warm pool enters here too.
-pub(crate) async fn run_started<W>(
-    started: Started<W>,
+pub(crate) async fn run_started(
+    started: Started,
     job: &JobSpec,
     stop: &StopSignals,
     capture: &mut OutputCapture,
-) -> Result<Ran, ExecutorError>
-where
-    W: AsyncWrite + Send + 'static,
-{
+) -> Result<Ran, ExecutorError> {
     let Started {
         mut container,
         writer,
@@ -458,28 +455,18 @@ pub(crate) async fn create(
 
 /// Attaches to the container's stdin, stdout and stderr. libpod initialises the container
 /// (the OCI runtime's `create`) inside this call.
-///
-/// NOTE: `podman-api` inspects the container before attaching and requests its size, which
-/// costs a few milliseconds on a small image and tens on a large one.
 pub(crate) async fn attach(
     container: &Container,
-) -> Result<podman_api::conn::Multiplexer, ExecutorError> {
+) -> Result<(AttachReader, AttachWriter), ExecutorError> {
     let started = Instant::now();
-    let options = ContainerAttachOpts::builder()
-        .stdin(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let multiplexer = container
-        .api()
-        .attach(&options)
+    let halves = libpod::attach_container(&container.connection.socket, &container.reference)
         .await
-        .map_err(|error| container.connection.api_error("attach", error))?;
+        .map_err(|error| container.connection.call_error("attach", error))?;
     debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "attached"
     );
-    Ok(multiplexer)
+    Ok(halves)
 }
 
 /// Starts the container.
@@ -498,23 +485,28 @@ pub(crate) async fn start(container: &Container) -> Result<(), ExecutorError> {
 }
 
 /// An item of the attach stream, as the reader task forwards it.
-pub(crate) type OutputItem = Result<TtyChunk, String>;
+pub(crate) type OutputItem = Result<OutputChunk, String>;
 
-/// Reads the attach stream in its own task and forwards each chunk.
-///
-/// The task boundary matters: `podman-api`'s frame decoder panics on a stream type byte it
-/// does not know, and a panic inside a task becomes a [`tokio::task::JoinError`] that
-/// [`reader_result`] turns into a job error, instead of unwinding through the engine.
-pub(crate) fn spawn_reader<S>(reader: S) -> (mpsc::Receiver<OutputItem>, AbortOnDrop<()>)
+/// Reads the attach stream in its own task and forwards each chunk, so that the stream is read
+/// before a job collects it (a warm container's) and a container's end is noticed at once.
+/// `until_end` is dropped when the stream ends or breaks, or when the receiver is gone.
+pub(crate) fn spawn_reader<T>(
+    mut reader: AttachReader,
+    until_end: T,
+) -> (mpsc::Receiver<OutputItem>, AbortOnDrop<()>)
 where
-    S: Stream<Item = Result<TtyChunk, podman_api::conn::Error>> + Send + 'static,
+    T: Send + 'static,
 {
     let (sender, receiver) = mpsc::channel(OUTPUT_CHANNEL_CHUNKS);
     let task = tokio::spawn(
         async move {
-            let mut reader = std::pin::pin!(reader);
-            while let Some(item) = reader.next().await {
-                let item = item.map_err(|error| crate::connect::error_chain(&error));
+            let _until_end = until_end;
+            loop {
+                let item = match reader.next_chunk().await {
+                    Ok(Some(chunk)) => Ok(chunk),
+                    Ok(None) => break,
+                    Err(error) => Err(error.to_string()),
+                };
                 let failed = item.is_err();
                 if sender.send(item).await.is_err() || failed {
                     break;
@@ -553,18 +545,14 @@ async fn reader_result(mut task: AbortOnDrop<()>) -> Result<(), ExecutorError> {
 ///
 /// An agent that exits without reading everything makes the write fail (broken pipe or reset):
 /// that is the agent's choice, not an engine failure, so it is logged at debug level only.
-fn write_stdin<W>(writer: W, stdin: Vec<u8>) -> AbortOnDrop<()>
-where
-    W: AsyncWrite + Send + 'static,
-{
+fn write_stdin(mut writer: AttachWriter, stdin: Vec<u8>) -> AbortOnDrop<()> {
     let task = tokio::spawn(
         async move {
             let started = Instant::now();
-            let mut writer = std::pin::pin!(writer);
             let written = async {
                 writer.write_all(&stdin).await?;
-                writer.flush().await?;
-                writer.close().await
+                // Flushes, then shuts the write half down.
+                writer.shutdown().await
             }
             .await;
             match written {
@@ -608,13 +596,12 @@ async fn collect(
             Err(end) => return Collected::Stopped(end),
         };
         match item {
-            Some(Ok(TtyChunk::StdOut(bytes))) => {
+            Some(Ok(OutputChunk::Stdout(bytes))) => {
                 if !capture.push_stdout(&bytes) {
                     return Collected::StdoutLimit;
                 }
             }
-            Some(Ok(TtyChunk::StdErr(bytes))) => capture.push_stderr(&bytes),
-            Some(Ok(TtyChunk::StdIn(_))) => {}
+            Some(Ok(OutputChunk::Stderr(bytes))) => capture.push_stderr(&bytes),
             Some(Err(error)) => {
                 warn!(%error, "the attach stream broke; waiting for the exit code");
                 return Collected::StreamEnded;
@@ -652,11 +639,10 @@ async fn drain(output: &mut mpsc::Receiver<OutputItem>, capture: &mut OutputCapt
     let drained = tokio::time::timeout(DRAIN_LIMIT, async {
         while let Some(Ok(chunk)) = output.recv().await {
             match chunk {
-                TtyChunk::StdOut(bytes) => {
+                OutputChunk::Stdout(bytes) => {
                     capture.push_stdout(&bytes);
                 }
-                TtyChunk::StdErr(bytes) => capture.push_stderr(&bytes),
-                TtyChunk::StdIn(_) => {}
+                OutputChunk::Stderr(bytes) => capture.push_stderr(&bytes),
             }
         }
     })
