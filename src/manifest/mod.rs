@@ -73,6 +73,9 @@ pub const MAX_FIELDS: usize = 100;
 /// NOTE: a pattern just under the limit still takes up to about 150 ms to compile in a debug
 /// build (measured on a 2-core x86-64 VM), so [`MAX_FIELDS`] of them take seconds. Manifests
 /// are validated on blocking threads for that reason.
+///
+/// NOTE: [`Manifest::from_stored_json`] applies this limit and [`MAX_FIELDS`] too, so a manifest
+/// that a database holds from before they existed fails to load instead of being accepted.
 pub const MAX_REGEX_BYTES: usize = 4 * 1024 * 1024;
 
 /// A validated integration manifest.
