@@ -164,7 +164,9 @@ impl Default for ListenConfig {
 pub struct JobsConfig {
     /// Maximum number of jobs running at once, over all integrations. Default 8.
     pub concurrency: usize,
-    /// Maximum number of jobs of one integration running at once. Default 4.
+    /// Maximum number of jobs of one integration running at once. Default 4. A value above
+    /// `concurrency` is allowed and has the effect of `concurrency`, so lowering `concurrency`
+    /// alone never makes the configuration invalid.
     pub per_integration: usize,
     /// Deadline of one job in seconds, unless the manifest's `[run] timeout_secs` sets one.
     /// Default 60.
@@ -547,16 +549,6 @@ impl Config {
         let jobs = &self.jobs;
         check_at_least_one(add, "jobs.concurrency", jobs.concurrency);
         check_at_least_one(add, "jobs.per_integration", jobs.per_integration);
-        if jobs.per_integration > jobs.concurrency && jobs.concurrency >= 1 {
-            add(
-                "jobs.per_integration",
-                format!(
-                    "{} (the default is {DEFAULT_PER_INTEGRATION}) is more than jobs.concurrency \
-                     ({}), so it could never be reached; set jobs.per_integration to at most {}",
-                    jobs.per_integration, jobs.concurrency, jobs.concurrency
-                ),
-            );
-        }
         check_timeout(add, "jobs.timeout_secs", jobs.timeout_secs);
         check_timeout(add, "health.timeout_secs", self.health.timeout_secs);
         check_at_least_one(add, "jobs.max_stdout_bytes", jobs.max_stdout_bytes);
@@ -1044,7 +1036,7 @@ mod tests {
         let text = format!(
             "executor = \"subprocess\"\ndata_dir = \"data\"\n\
              [listen]\ntcp = \"127.0.0.1:8080\"\ntoken = \"short\"\n\
-             [jobs]\nconcurrency = 2\nper_integration = 3\nwait_timeout_secs = 400\n\
+             [jobs]\nconcurrency = 2\nper_integration = 0\nwait_timeout_secs = 400\n\
              [intake]\nmax_entries = 0\nmax_ratio = 0\n\
              [limits]\ncpus = nan\nmemory_bytes = 0\npids = 0\nuser = \"no-such-user-x\"\n\
              [subprocess]\nhome_parent = \"relative/homes\"\n\
@@ -1080,6 +1072,16 @@ mod tests {
         assert!(text.contains("\"no-such-user-x\" does not exist"), "{text}");
         assert!(text.contains("found 31 bytes"), "{text}");
         assert!(text.contains("\"ftp://x\" has an unknown scheme"), "{text}");
+    }
+
+    /// Lowering `concurrency` below the default `per_integration` keeps the configuration valid:
+    /// the per-integration limit then has the effect of `concurrency`.
+    #[test]
+    fn concurrency_below_default_per_integration_is_valid() {
+        let config = Config::from_toml_str("executor = \"subprocess\"\n[jobs]\nconcurrency = 2\n")
+            .expect("valid");
+        assert_eq!(config.jobs.concurrency, 2);
+        assert_eq!(config.jobs.per_integration, DEFAULT_PER_INTEGRATION);
     }
 
     /// Files that the configuration names must exist when they are checked.
