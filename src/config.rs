@@ -13,8 +13,8 @@
 //!
 //! Every table rejects unknown keys, so a misspelt key stops start-up with an error that names it
 //! and where it came from. After merging, [`Config::validate`] checks the rules that serde cannot
-//! express (ranges, a token for TCP) and names the key that breaks one. `config/agentrun.toml`
-//! documents every key with its default and unit; a test keeps it equal to [`Config::default`].
+//! express (ranges, a token for TCP, files that must exist) and names every key that breaks one.
+//! `config/agentrun.toml` documents every key with its default and unit; a test keeps it equal to [`Config::default`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,6 +75,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_HEALTH_INTERVAL_SECS: u64 = 300;
 /// Default for [`HealthConfig::timeout_secs`].
 pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 10;
+/// Minimum length of the API's bearer token, in characters.
+pub const MIN_TOKEN_CHARS: usize = 16;
 /// Maximum job or health-check deadline the configuration accepts, in seconds (one day).
 pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 
@@ -169,13 +171,18 @@ impl Default for ListenConfig {
 pub struct JobsConfig {
     /// Maximum number of jobs running at once, over all integrations. Default 8.
     pub concurrency: usize,
-    /// Maximum number of jobs of one integration running at once. Default 4.
+    /// Maximum number of jobs of one integration running at once. Default 4. A value above
+    /// `concurrency` is allowed and has the effect of `concurrency`, so lowering `concurrency`
+    /// alone never makes the configuration invalid.
     pub per_integration: usize,
     /// Deadline of one job in seconds, unless the manifest's `[run] timeout_secs` sets one.
     /// Default 60.
     pub timeout_secs: u64,
     /// Cap on an agent's stdout, in bytes. Default 1 MiB.
     pub max_stdout_bytes: usize,
+    /// Maximum size of a work message after keyword substitution, in bytes. A larger job gets
+    /// 422 at submission. Default 16 MiB.
+    pub max_message_bytes: usize,
     /// Trailing bytes of an agent's stderr kept with each job. Default 16 KiB.
     pub stderr_tail_bytes: usize,
     /// Stderr lines quoted in a job's error text. Default 10.
@@ -194,6 +201,7 @@ impl Default for JobsConfig {
             per_integration: DEFAULT_PER_INTEGRATION,
             timeout_secs: DEFAULT_JOB_TIMEOUT_SECS,
             max_stdout_bytes: agentrun_executor::DEFAULT_MAX_STDOUT_BYTES,
+            max_message_bytes: crate::dispatcher::DEFAULT_MAX_MESSAGE_BYTES,
             stderr_tail_bytes: agentrun_executor::DEFAULT_STDERR_TAIL_BYTES,
             stderr_tail_lines: crate::dispatcher::DEFAULT_STDERR_TAIL_LINES,
             max_queued: DEFAULT_MAX_QUEUED,
@@ -346,13 +354,11 @@ pub enum ConfigError {
         messages: Vec<String>,
     },
 
-    /// A value breaks a rule that its type cannot express.
-    #[error("invalid configuration value for {key}: {rule}")]
+    /// Values break rules that their types cannot express.
+    #[error("invalid configuration:{}", problems.iter().map(|problem| format!("\n  {problem}")).collect::<String>())]
     Invalid {
-        /// Key path, such as `jobs.concurrency`.
-        key: &'static str,
-        /// The rule, with the value that broke it.
-        rule: String,
+        /// Every broken rule, in the order of the configuration's tables.
+        problems: Vec<ConfigProblem>,
     },
 
     /// The token file could not be read.
@@ -364,6 +370,29 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// One broken rule of the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {rule}")]
+pub struct ConfigProblem {
+    /// Key path, such as `jobs.concurrency`.
+    pub key: String,
+    /// The rule, with the value that broke it.
+    pub rule: String,
+}
+
+impl ConfigError {
+    /// Returns the keys of the broken rules of a [`ConfigError::Invalid`] error, else nothing.
+    pub fn invalid_keys(&self) -> Vec<&str> {
+        match self {
+            Self::Invalid { problems } => problems
+                .iter()
+                .map(|problem| problem.key.as_str())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Config {
@@ -398,7 +427,7 @@ impl Config {
         let figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(NON_CONFIG_ENV).split("__"));
 
         let config: Config = figment.extract().map_err(|error| ConfigError::Parse {
-            messages: figment_messages(error),
+            messages: figment_messages(&figment, error),
         })?;
         config.validate()?;
         Ok(config)
@@ -410,89 +439,232 @@ impl Config {
     ///
     /// As for [`Config::load`].
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string(text))
-            .extract()
-            .map_err(|error| ConfigError::Parse {
-                messages: figment_messages(error),
-            })?;
+        let figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        let config: Config = figment.extract().map_err(|error| ConfigError::Parse {
+            messages: figment_messages(&figment, error),
+        })?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks the rules that the types do not express.
+    /// Checks the rules that the types do not express, and reads the files that the
+    /// configuration names (the token file and the secrets key), so that a configuration that
+    /// passes `--check-config` also starts.
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Invalid`] naming the first key that breaks a rule.
+    /// [`ConfigError::Invalid`] listing every key that breaks a rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut add = |key: &str, rule: String| {
+            problems.push(ConfigProblem {
+                key: key.to_owned(),
+                rule,
+            })
+        };
+
         if !self.data_dir.is_absolute() {
-            return Err(invalid(
+            add(
                 "data_dir",
                 format!(
                     "{:?} is relative; give an absolute path, such as {DEFAULT_DATA_DIR}",
                     self.data_dir
                 ),
-            ));
+            );
+        }
+        self.check_listen(&mut add);
+        self.check_jobs(&mut add);
+        self.check_intake(&mut add);
+        self.check_limits(&mut add);
+        self.check_backends(&mut add);
+        if let Some(path) = &self.secrets.key_file {
+            if let Err(rule) = check_key_file(path) {
+                add("secrets.key_file", rule);
+            }
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            add(
+                "log.filter",
+                format!(
+                    "{:?} is not a valid filter: {error}; give one such as info or \
+                     agentrun=debug,info",
+                    self.log.filter
+                ),
+            );
         }
 
-        // Listeners and the token.
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+
+    fn check_listen(&self, add: &mut impl FnMut(&str, String)) {
         if self.listen.unix.as_os_str().is_empty() && self.listen.tcp.is_none() {
-            return Err(invalid(
+            add(
                 "listen",
                 "both listen.unix and listen.tcp are unset, so the API would not be reachable; \
                  set at least one"
                     .to_owned(),
-            ));
+            );
         }
         if self.listen.token.is_some() && self.listen.token_file.is_some() {
-            return Err(invalid(
+            add(
                 "listen.token",
                 "listen.token and listen.token_file are both set; set only one".to_owned(),
-            ));
+            );
         }
-        if matches!(&self.listen.token, Some(token) if token.trim().is_empty()) {
-            return Err(invalid(
-                "listen.token",
-                "the token is empty; set a long random value".to_owned(),
-            ));
+        if let Some(token) = &self.listen.token {
+            if let Err(rule) = check_token(token) {
+                add("listen.token", rule);
+            }
+        }
+        if let Some(path) = &self.listen.token_file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    if let Err(rule) = check_token(&text) {
+                        add("listen.token_file", format!("{}: {rule}", path.display()));
+                    }
+                }
+                Err(error) => add(
+                    "listen.token_file",
+                    format!(
+                        "reading {} failed: {error}; check the path and that the service user \
+                         may read it",
+                        path.display()
+                    ),
+                ),
+            }
         }
         if let Some(tcp) = self.listen.tcp {
             if self.listen.token.is_none() && self.listen.token_file.is_none() {
-                return Err(invalid(
+                add(
                     "listen.tcp",
                     format!(
                         "listening on TCP ({tcp}) requires a bearer token, because any local or \
                          remote process could otherwise register and run agents; set \
                          listen.token_file or listen.token"
                     ),
-                ));
+                );
             }
         }
+    }
 
-        // Limits and deadlines.
-        check_at_least_one("jobs.concurrency", self.jobs.concurrency)?;
-        check_at_least_one("jobs.per_integration", self.jobs.per_integration)?;
-        check_timeout("jobs.timeout_secs", self.jobs.timeout_secs)?;
-        check_timeout("health.timeout_secs", self.health.timeout_secs)?;
-        check_at_least_one("jobs.max_stdout_bytes", self.jobs.max_stdout_bytes)?;
-        check_at_least_one("jobs.max_queued", self.jobs.max_queued)?;
-        check_at_least_one("api.max_body_bytes", self.api.max_body_bytes)?;
-        check_at_least_one("api.request_timeout_secs", self.api.request_timeout_secs)?;
+    fn check_jobs(&self, add: &mut impl FnMut(&str, String)) {
+        let jobs = &self.jobs;
+        check_at_least_one(add, "jobs.concurrency", jobs.concurrency);
+        check_at_least_one(add, "jobs.per_integration", jobs.per_integration);
+        check_timeout(add, "jobs.timeout_secs", jobs.timeout_secs);
+        check_timeout(add, "health.timeout_secs", self.health.timeout_secs);
+        check_at_least_one(add, "jobs.max_stdout_bytes", jobs.max_stdout_bytes);
+        check_at_least_one(add, "jobs.max_message_bytes", jobs.max_message_bytes);
+        check_at_least_one(add, "jobs.max_queued", jobs.max_queued);
+        check_at_least_one(add, "api.max_body_bytes", self.api.max_body_bytes);
         check_at_least_one(
+            add,
+            "api.request_timeout_secs",
+            self.api.request_timeout_secs,
+        );
+        check_at_least_one(
+            add,
             "api.header_read_timeout_secs",
             self.api.header_read_timeout_secs,
-        )?;
-        check_at_least_one("api.max_connections", self.api.max_connections)?;
-        check_at_least_one("intake.max_archive_bytes", self.intake.max_archive_bytes)?;
-
-        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
-            return Err(invalid(
-                "log.filter",
-                format!("{:?} is not a valid filter: {error}", self.log.filter),
-            ));
+        );
+        check_at_least_one(add, "api.max_connections", self.api.max_connections);
+        if jobs.wait_timeout_secs > self.api.request_timeout_secs {
+            add(
+                "jobs.wait_timeout_secs",
+                format!(
+                    "{} is more than api.request_timeout_secs ({}), so a ?wait=true request \
+                     would time out with 408 before its wait ends; give at most {}",
+                    jobs.wait_timeout_secs,
+                    self.api.request_timeout_secs,
+                    self.api.request_timeout_secs
+                ),
+            );
         }
-        Ok(())
+    }
+
+    fn check_intake(&self, add: &mut impl FnMut(&str, String)) {
+        let intake = &self.intake;
+        check_at_least_one(add, "intake.max_archive_bytes", intake.max_archive_bytes);
+        check_at_least_one(add, "intake.max_entries", intake.max_entries);
+        check_at_least_one(add, "intake.max_unpacked_bytes", intake.max_unpacked_bytes);
+        check_at_least_one(add, "intake.max_ratio", intake.max_ratio);
+    }
+
+    fn check_limits(&self, add: &mut impl FnMut(&str, String)) {
+        let limits = &self.limits;
+        if let Some(cpus) = limits.cpus {
+            if !(cpus.is_finite() && cpus > 0.0) {
+                add(
+                    "limits.cpus",
+                    format!("{cpus} is not a positive number of cores; give one such as 0.5 or 2"),
+                );
+            }
+        }
+        if limits.memory_bytes == Some(0) {
+            add(
+                "limits.memory_bytes",
+                "0 is too small; give a size in bytes such as 268435456 (256 MiB), or remove \
+                 the key for no limit"
+                    .to_owned(),
+            );
+        }
+        if let Some(pids) = limits.pids {
+            if pids < 1 {
+                add(
+                    "limits.pids",
+                    format!(
+                        "{pids} is too small; give a number of processes such as 64, or remove \
+                         the key for no limit"
+                    ),
+                );
+            }
+        }
+        // Container backends resolve the user inside the image, so only the subprocess backend
+        // needs it on this host.
+        if self.executor == ExecutorKind::Subprocess {
+            if let Some(user) = &limits.user {
+                if let Err(rule) = check_user(user) {
+                    add("limits.user", rule);
+                }
+            }
+        }
+    }
+
+    fn check_backends(&self, add: &mut impl FnMut(&str, String)) {
+        if let Some(parent) = &self.subprocess.home_parent {
+            if !parent.is_absolute() {
+                add(
+                    "subprocess.home_parent",
+                    format!("{parent:?} is relative; give an absolute path, such as /var/tmp"),
+                );
+            } else if self.executor == ExecutorKind::Subprocess && !parent.is_dir() {
+                add(
+                    "subprocess.home_parent",
+                    format!(
+                        "{} is not an existing folder; create it or give another path",
+                        parent.display()
+                    ),
+                );
+            }
+        }
+        #[cfg(feature = "docker")]
+        if let Some(host) = &self.docker.host {
+            const SCHEMES: [&str; 3] = ["unix://", "tcp://", "http://"];
+            if !SCHEMES.iter().any(|scheme| host.starts_with(scheme)) {
+                add(
+                    "docker.host",
+                    format!(
+                        "{host:?} has an unknown scheme; give unix:///var/run/docker.sock, \
+                         tcp://host:port or http://host:port"
+                    ),
+                );
+            }
+        }
     }
 
     /// Returns the TCP bearer token from `listen.token` or `listen.token_file`.
@@ -568,42 +740,183 @@ impl Config {
     }
 }
 
-/// Returns one message per figment error, without the profile name figment puts before file
-/// keys (`default.jobs.x` becomes `jobs.x`).
-fn figment_messages(error: figment::Error) -> Vec<String> {
+/// Returns one message per figment error: the key and its source (the file, or the
+/// `AGENTRUN_*` variable), the problem in plain type words, and the value where `figment` holds
+/// one, since figment's own texts name Rust types and nest backticks.
+fn figment_messages(figment: &Figment, error: figment::Error) -> Vec<String> {
     error
         .into_iter()
         .map(|error| {
-            error
-                .to_string()
-                .replace("for key \"default.", "for key \"")
+            let key = error.path.join(".");
+            let from_env = error
+                .metadata
+                .as_ref()
+                .is_some_and(|metadata| metadata.name.contains("environment"));
+            let file = error
+                .metadata
+                .as_ref()
+                .and_then(|metadata| metadata.source.as_ref())
+                .and_then(|source| source.file_path())
+                .map(|path| path.display().to_string());
+            let subject = match (from_env, file, key.is_empty()) {
+                (true, _, false) => format!(
+                    "{ENV_PREFIX}{} ({key})",
+                    error.path.join("__").to_ascii_uppercase()
+                ),
+                (true, _, true) => format!("the {ENV_PREFIX}* environment variables"),
+                (false, Some(file), false) => format!("{key} in {file}"),
+                (false, Some(file), true) => file,
+                (false, None, false) => key.clone(),
+                (false, None, true) => "the configuration".to_owned(),
+            };
+            let value = figment
+                .find_value(&key)
+                .ok()
+                .filter(|_| !key.is_empty())
+                .and_then(|value| serde_json::to_string(&value).ok());
+            format!("{subject}: {}", describe_kind(&error.kind, value))
         })
         .collect()
 }
 
-fn invalid(key: &'static str, rule: String) -> ConfigError {
-    ConfigError::Invalid { key, rule }
+/// Describes a figment error kind in plain words, with the value found when it is known.
+fn describe_kind(kind: &figment::error::Kind, value: Option<String>) -> String {
+    use figment::error::Kind;
+
+    let found = |actual: &figment::error::Actual| match value.clone() {
+        Some(value) => value,
+        None => actual.to_string().replace('`', ""),
+    };
+    match kind {
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!("expected {}, found {}", type_words(expected), found(actual))
+        }
+        Kind::UnknownField(field, known) => {
+            format!("unknown key {field:?}; known keys: {}", known.join(", "))
+        }
+        Kind::UnknownVariant(variant, known) => {
+            format!(
+                "unknown value {variant:?}; expected one of {}",
+                known.join(", ")
+            )
+        }
+        Kind::Message(message) => {
+            let message = message.replace('`', "");
+            match (value, message.contains("socket address")) {
+                (Some(value), true) => format!(
+                    "{message}, found {value}; give an IP address and a port from 1 to 65535, \
+                     such as 127.0.0.1:8080"
+                ),
+                (Some(value), false) => format!("{message}, found {value}"),
+                (None, _) => message,
+            }
+        }
+        other => other.to_string().replace('`', ""),
+    }
+}
+
+/// Turns the type names in serde's "expected" texts into plain words.
+fn type_words(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer".to_owned(),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer".to_owned(),
+        "f32" | "f64" => "a number".to_owned(),
+        "a sequence" => "a list".to_owned(),
+        "a map" => "a table".to_owned(),
+        other if other.starts_with("struct ") => "a table".to_owned(),
+        other => other.replace('`', ""),
+    }
+}
+
+fn invalid(key: &str, rule: String) -> ConfigError {
+    ConfigError::Invalid {
+        problems: vec![ConfigProblem {
+            key: key.to_owned(),
+            rule,
+        }],
+    }
 }
 
 fn check_at_least_one<T: PartialOrd + From<u8> + std::fmt::Display>(
-    key: &'static str,
+    add: &mut impl FnMut(&str, String),
+    key: &str,
     value: T,
-) -> Result<(), ConfigError> {
+) {
     if value < T::from(1) {
-        return Err(invalid(
+        add(key, format!("{value} is too small; the minimum is 1"));
+    }
+}
+
+fn check_timeout(add: &mut impl FnMut(&str, String), key: &str, value: u64) {
+    if !(1..=MAX_TIMEOUT_SECS).contains(&value) {
+        add(
             key,
-            format!("{value} is too small; the minimum is 1"),
+            format!("{value} is out of range; give 1 to {MAX_TIMEOUT_SECS} seconds"),
+        );
+    }
+}
+
+/// Checks a bearer token's length, returning the rule it breaks.
+fn check_token(token: &str) -> Result<(), String> {
+    let length = token.trim().chars().count();
+    if length == 0 {
+        return Err(
+            "the token is empty; set a long random value, such as the output of \
+                    openssl rand -hex 32"
+                .to_owned(),
+        );
+    }
+    if length < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "the token has {length} characters; the minimum is {MIN_TOKEN_CHARS}, so set a long \
+             random value, such as the output of openssl rand -hex 32"
         ));
     }
     Ok(())
 }
 
-fn check_timeout(key: &'static str, value: u64) -> Result<(), ConfigError> {
-    if !(1..=MAX_TIMEOUT_SECS).contains(&value) {
-        return Err(invalid(
-            key,
-            format!("{value} is out of range; give 1 to {MAX_TIMEOUT_SECS} seconds"),
+/// Reads the secrets key file and checks its format, returning the rule it breaks.
+fn check_key_file(path: &std::path::Path) -> Result<(), String> {
+    let material = std::fs::read(path).map_err(|error| {
+        format!(
+            "reading {} failed: {error}; check the path and that the service user may read it",
+            path.display()
+        )
+    })?;
+    crate::store::EnvCipher::from_key_material(&material).map_err(|error| {
+        format!(
+            "{}: {error}; write one with openssl rand -hex 32",
+            path.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// Checks that a `NAME`, `UID`, `NAME:GROUP` or `UID:GID` user exists on this host, returning
+/// the rule it breaks. A number needs no entry in the user database.
+fn check_user(spec: &str) -> Result<(), String> {
+    use nix::unistd::{Group, User};
+
+    let (user, group) = match spec.split_once(':') {
+        Some((user, group)) => (user.trim(), Some(group.trim())),
+        None => (spec.trim(), None),
+    };
+    let user_known = user.parse::<u32>().is_ok() || matches!(User::from_name(user), Ok(Some(_)));
+    if user.is_empty() || !user_known {
+        return Err(format!(
+            "user {user:?} does not exist on this host; give an existing user name or a uid, \
+             such as nobody or 65534"
         ));
+    }
+    if let Some(group) = group {
+        let group_known =
+            group.parse::<u32>().is_ok() || matches!(Group::from_name(group), Ok(Some(_)));
+        if group.is_empty() || !group_known {
+            return Err(format!(
+                "group {group:?} of {spec:?} does not exist on this host; give an existing \
+                 group name or a gid"
+            ));
+        }
     }
     Ok(())
 }
@@ -698,16 +1011,7 @@ mod tests {
     fn tcp_without_token_is_rejected() {
         let error =
             Config::from_toml_str("[listen]\ntcp = \"127.0.0.1:8080\"\n").expect_err("no token");
-        assert!(
-            matches!(
-                error,
-                ConfigError::Invalid {
-                    key: "listen.tcp",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        assert!(error.invalid_keys() == ["listen.tcp"], "{error}");
         assert!(
             error.to_string().contains("requires a bearer token"),
             "{error}"
@@ -716,73 +1020,126 @@ mod tests {
 
     #[test]
     fn tcp_with_token_is_accepted() {
-        let config = Config::from_toml_str("[listen]\ntcp = \"127.0.0.1:8080\"\ntoken = \"abc\"\n")
-            .expect("valid");
+        let config = Config::from_toml_str(
+            "[listen]\ntcp = \"127.0.0.1:8080\"\ntoken = \"0123456789abcdef\"\n",
+        )
+        .expect("valid");
         assert_eq!(
             config.listen.tcp,
             Some("127.0.0.1:8080".parse().expect("addr"))
         );
-        assert_eq!(config.token().expect("token"), Some("abc".to_owned()));
+        assert_eq!(
+            config.token().expect("token"),
+            Some("0123456789abcdef".to_owned())
+        );
+    }
+
+    /// Every broken rule is reported in one run, in the order of the tables.
+    #[test]
+    fn every_problem_is_reported() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_file = dir.path().join("short.key");
+        std::fs::write(&key_file, [7u8; 31]).expect("write key");
+        let text = format!(
+            "executor = \"subprocess\"\ndata_dir = \"data\"\n\
+             [listen]\ntcp = \"127.0.0.1:8080\"\ntoken = \"short\"\n\
+             [jobs]\nconcurrency = 2\nper_integration = 0\nwait_timeout_secs = 400\n\
+             [intake]\nmax_entries = 0\nmax_ratio = 0\n\
+             [limits]\ncpus = nan\nmemory_bytes = 0\npids = 0\nuser = \"no-such-user-x\"\n\
+             [subprocess]\nhome_parent = \"relative/homes\"\n\
+             [docker]\nhost = \"ftp://x\"\n\
+             [secrets]\nkey_file = {:?}\n",
+            key_file.display().to_string()
+        );
+        let error = Config::from_toml_str(&text).expect_err("invalid");
+        assert_eq!(
+            error.invalid_keys(),
+            [
+                "data_dir",
+                "listen.token",
+                "jobs.per_integration",
+                "jobs.wait_timeout_secs",
+                "intake.max_entries",
+                "intake.max_ratio",
+                "limits.cpus",
+                "limits.memory_bytes",
+                "limits.pids",
+                "limits.user",
+                "subprocess.home_parent",
+                "docker.host",
+                "secrets.key_file",
+            ],
+            "{error}"
+        );
+        let text = error.to_string();
+        assert!(
+            text.contains("the token has 5 characters; the minimum is 16"),
+            "{text}"
+        );
+        assert!(text.contains("\"no-such-user-x\" does not exist"), "{text}");
+        assert!(text.contains("found 31 bytes"), "{text}");
+        assert!(text.contains("\"ftp://x\" has an unknown scheme"), "{text}");
+    }
+
+    /// Lowering `concurrency` below the default `per_integration` keeps the configuration valid:
+    /// the per-integration limit then has the effect of `concurrency`.
+    #[test]
+    fn concurrency_below_default_per_integration_is_valid() {
+        let config = Config::from_toml_str("executor = \"subprocess\"\n[jobs]\nconcurrency = 2\n")
+            .expect("valid");
+        assert_eq!(config.jobs.concurrency, 2);
+        assert_eq!(config.jobs.per_integration, DEFAULT_PER_INTEGRATION);
+    }
+
+    /// Files that the configuration names must exist when they are checked.
+    #[test]
+    fn missing_files_are_rejected() {
+        let text = "executor = \"subprocess\"\n\
+                    [listen]\ntoken_file = \"/nonexistent/token\"\n\
+                    [limits]\ncpus = -1.0\n\
+                    [subprocess]\nhome_parent = \"/nonexistent/homes\"\n\
+                    [secrets]\nkey_file = \"/nonexistent/key\"\n";
+        let error = Config::from_toml_str(text).expect_err("invalid");
+        assert_eq!(
+            error.invalid_keys(),
+            [
+                "listen.token_file",
+                "limits.cpus",
+                "subprocess.home_parent",
+                "secrets.key_file",
+            ],
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("reading /nonexistent/key failed: No such file or directory"),
+            "{error}"
+        );
     }
 
     #[test]
     fn zero_concurrency_is_rejected() {
         let error = Config::from_toml_str("[jobs]\nconcurrency = 0\n").expect_err("zero");
-        assert!(
-            matches!(
-                error,
-                ConfigError::Invalid {
-                    key: "jobs.concurrency",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        assert!(error.invalid_keys() == ["jobs.concurrency"], "{error}");
     }
 
     #[test]
     fn timeout_out_of_range_is_rejected() {
         let error = Config::from_toml_str("[jobs]\ntimeout_secs = 0\n").expect_err("zero");
-        assert!(
-            matches!(
-                error,
-                ConfigError::Invalid {
-                    key: "jobs.timeout_secs",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        assert!(error.invalid_keys() == ["jobs.timeout_secs"], "{error}");
     }
 
     #[test]
     fn relative_data_dir_is_rejected() {
         let error = Config::from_toml_str("data_dir = \"data\"\n").expect_err("relative");
-        assert!(
-            matches!(
-                error,
-                ConfigError::Invalid {
-                    key: "data_dir",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        assert!(error.invalid_keys() == ["data_dir"], "{error}");
     }
 
     #[test]
     fn invalid_log_filter_is_rejected() {
         let error = Config::from_toml_str("[log]\nfilter = \"[[\"\n").expect_err("filter");
-        assert!(
-            matches!(
-                error,
-                ConfigError::Invalid {
-                    key: "log.filter",
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        assert!(error.invalid_keys() == ["log.filter"], "{error}");
     }
 
     #[test]
@@ -801,14 +1158,14 @@ mod tests {
     fn missing_optional_files_are_skipped() {
         let dir = tempfile::tempdir().expect("temp dir");
         let explicit = dir.path().join("explicit.toml");
-        std::fs::write(&explicit, "[jobs]\nconcurrency = 3\n").expect("write");
+        std::fs::write(&explicit, "[jobs]\nconcurrency = 5\n").expect("write");
         let paths = ConfigPaths {
             system: dir.path().join("missing-system.toml"),
             user: Some(dir.path().join("missing-user.toml")),
             explicit: Some(explicit),
         };
         let config = Config::load_from(&paths).expect("valid");
-        assert_eq!(config.jobs.concurrency, 3);
+        assert_eq!(config.jobs.concurrency, 5);
     }
 
     #[test]
@@ -837,7 +1194,8 @@ mod tests {
 
     #[test]
     fn redacted_toml_hides_token() {
-        let config = Config::from_toml_str("[listen]\ntoken = \"s3cret-token\"\n").expect("valid");
+        let config = Config::from_toml_str("[listen]\ntoken = \"s3cret-token-0123456789\"\n")
+            .expect("valid");
         let text = config.to_redacted_toml().expect("serialises");
         assert!(!text.contains("s3cret-token"), "{text}");
         assert!(text.contains("<redacted>"), "{text}");

@@ -11,7 +11,7 @@
 use agentrun_executor::ExecutorError;
 
 use crate::dispatcher::{HealthReport, JobStatus, WorkResult};
-use crate::forms::{ContextError, FormErrors};
+use crate::forms::{ContextError, FormErrors, MessageTooLarge, ResolveError};
 use crate::manifest::ManifestError;
 use crate::package::PackageError;
 use crate::protocol::ReplyError;
@@ -32,6 +32,11 @@ pub enum Error {
     /// One or more form values are invalid; nothing was started.
     #[error(transparent)]
     Form(#[from] FormErrors),
+
+    /// The work message would be larger than the dispatcher's `max_message_bytes`; nothing was
+    /// started.
+    #[error(transparent)]
+    MessageTooLarge(#[from] MessageTooLarge),
 
     /// The package was rejected at intake, or the engine failed to unpack it.
     #[error(transparent)]
@@ -55,6 +60,32 @@ pub enum Error {
     /// The command got SIGINT or SIGTERM while it prepared the package, and stopped.
     #[error("interrupted while preparing the package; the build was stopped")]
     Interrupted,
+}
+
+impl From<ResolveError> for Error {
+    fn from(error: ResolveError) -> Self {
+        match error {
+            ResolveError::Form(errors) => Self::Form(errors),
+            ResolveError::TooLarge(error) => Self::MessageTooLarge(error),
+        }
+    }
+}
+
+/// Formats an error and its sources as `outer: inner: innermost`, so that the OS error behind
+/// "reading X failed" is not lost where only one line of text is kept.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source's message; print each message once.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The exit statuses of the `agentrun` binary. See the [module documentation](self).
@@ -121,6 +152,7 @@ pub fn exit_for(outcome: Outcome<'_>) -> Exit {
             Error::Manifest(_)
             | Error::Context(_)
             | Error::Form(_)
+            | Error::MessageTooLarge(_)
             | Error::InvalidArgument { .. } => Exit::InvalidInput,
             Error::Package(error) if error.is_invalid_input() => Exit::InvalidInput,
             // The engine's own file system failed while unpacking, not the user's input.
@@ -249,6 +281,15 @@ mod tests {
                 Exit::InvalidInput,
             ),
             (form.into(), Exit::InvalidInput),
+            (
+                MessageTooLarge {
+                    size: 2,
+                    limit: 1,
+                    partial: false,
+                }
+                .into(),
+                Exit::InvalidInput,
+            ),
             (
                 PackageError::NotFound {
                     path: PathBuf::from("/missing"),

@@ -30,10 +30,11 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// check gets 404.
 const MISSING_JOBS: &str = "/v1/integrations/00000000-0000-5000-8000-000000000000/jobs";
 
-/// Subprocess executor, no periodic health checks, short header and request deadlines, and a
+/// Subprocess executor, no periodic health checks, short header, request and wait deadlines, and a
 /// package limit small enough to pass quickly.
 const CONFIG: &str = "executor = \"subprocess\"\n\
     [health]\ninterval_secs = 0\n\
+    [jobs]\nwait_timeout_secs = 4\n\
     [api]\nheader_read_timeout_secs = 2\nrequest_timeout_secs = 4\n\
     [intake]\nmax_archive_bytes = 4194304\n";
 
@@ -1036,9 +1037,17 @@ async fn jobs_limit_out_of_range_gets_422() {
         let response = client.get(&format!("/v1/jobs?limit={limit}")).await;
         assert_eq!(response.status, 200, "limit={limit}: {}", response.text());
     }
-    // A number past u64 is rejected by the query parser, also with 422.
-    let response = client.get("/v1/jobs?limit=18446744073709551616").await;
-    assert_eq!(response.status, 422, "{}", response.text());
+    // A number past u64 or a word is rejected by the query parser, also with 422 naming the
+    // parameter.
+    for limit in ["18446744073709551616", "abc"] {
+        let response = client.get(&format!("/v1/jobs?limit={limit}")).await;
+        assert_eq!(response.status, 422, "limit={limit}: {}", response.text());
+        let error = response.json();
+        assert_eq!(error["error"], "invalid_query", "{error}");
+        assert_eq!(error["errors"][0]["field"], "limit", "{error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("invalid query: limit: "), "{error}");
+    }
 }
 
 /// A package that is not a zip gets 422 naming the part, not the service's upload path.

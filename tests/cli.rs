@@ -181,6 +181,33 @@ fn run_selected_node_fills_keywords() {
     assert_eq!(output.stderr, "");
 }
 
+/// A prefill that repeats a context value past the 16 MiB message limit exits 2 before the agent
+/// runs, naming the limit.
+#[test]
+fn run_message_over_limit_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let manifest = format!(
+        "name = \"Echo\"\n\n[[fields]]\nname = \"message\"\nvalue = \"{}\"\n",
+        "SIFT-SELECTED-NODE-ID".repeat(2000)
+    );
+    let package = echo_with_manifest(dir.path(), &manifest);
+    let output = agentrun(&["run"])
+        .arg(&package)
+        .arg("--context")
+        .arg(format!("selected-node-id={}", "x".repeat(10_000)))
+        .run();
+
+    output.assert_exit(2);
+    assert_eq!(output.stdout, "");
+    assert!(
+        output
+            .stderr
+            .contains("more than the limit of 16777216 bytes (max_message_bytes)"),
+        "{}",
+        output.stderr
+    );
+}
+
 /// An `--env` name the manifest's `[env]` does not declare gets a warning on stderr and in the
 /// `--json` result, with the same fields as a keyword warning; the job still runs.
 #[test]

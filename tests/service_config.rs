@@ -90,8 +90,13 @@ async fn bad_env_values_are_named() {
 
     let (code, output) = check_config(dir.path(), &[("AGENTRUN_JOBS__CONCURRENCY", "many")]).await;
     assert_eq!(code, Some(2), "{output}");
-    assert!(output.contains("JOBS.CONCURRENCY"), "{output}");
-    assert!(output.contains("AGENTRUN_"), "{output}");
+    assert!(
+        output.contains(
+            "AGENTRUN_JOBS__CONCURRENCY (jobs.concurrency): expected a non-negative integer, \
+             found \"many\""
+        ),
+        "{output}"
+    );
 
     let (code, output) = check_config(dir.path(), &[("AGENTRUN_JOBS__CONCURENCY", "1")]).await;
     assert_eq!(code, Some(2), "{output}");
@@ -119,6 +124,37 @@ async fn invalid_configuration_stops_start_up() {
     assert_eq!(status.code(), Some(2), "{}", service.logs());
     assert!(
         service.logs().contains("jobs.concurrency"),
+        "{}",
+        service.logs()
+    );
+}
+
+/// A missing secrets key fails `--check-config` and start-up with status 2, together with every
+/// other problem, instead of passing the check and failing at start.
+#[tokio::test]
+async fn missing_key_file_fails_check() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write(
+        &dir.path().join("explicit.toml"),
+        "[jobs]\nconcurrency = 0\n[secrets]\nkey_file = \"/nonexistent/agentrun.key\"\n",
+    );
+    let (code, output) = check_config(dir.path(), &[]).await;
+    assert_eq!(code, Some(2), "{output}");
+    assert!(
+        output.contains("secrets.key_file: reading /nonexistent/agentrun.key failed"),
+        "{output}"
+    );
+    assert!(output.contains("jobs.concurrency: 0"), "{output}");
+
+    let mut service = ServiceProcess::start(
+        dir.path(),
+        "executor = \"subprocess\"\n[secrets]\nkey_file = \"/nonexistent/agentrun.key\"\n",
+        &[],
+    );
+    let status = service.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "{}", service.logs());
+    assert!(
+        service.logs().contains("secrets.key_file"),
         "{}",
         service.logs()
     );

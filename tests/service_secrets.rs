@@ -69,7 +69,8 @@ async fn key_sources_and_mismatch() {
     assert!(!key_path.exists(), "a new key was generated");
 }
 
-/// A key file of the wrong size stops start-up with a message naming the file.
+/// A key file of the wrong size is a configuration error: start-up stops with status 2 and a
+/// message naming the key and the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_key_file_stops_start_up() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -81,8 +82,9 @@ async fn invalid_key_file_stops_start_up() {
     );
     let mut service = ServiceProcess::start(dir.path(), &config, &[]);
     let status = service.wait_exit(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(4), "{}", service.logs());
+    assert_eq!(status.code(), Some(2), "{}", service.logs());
     let logs = service.logs();
+    assert!(logs.contains("secrets.key_file"), "{logs}");
     assert!(logs.contains("short.key"), "{logs}");
     assert!(logs.contains("64 hex digits"), "{logs}");
 }

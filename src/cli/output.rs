@@ -95,21 +95,7 @@ pub fn report_error(error: &Error, json: bool) -> Exit {
     exit
 }
 
-/// Formats an error and its sources as `outer: inner: innermost`.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors repeat their source's message; print each message once.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use crate::error::error_chain;
 
 /// Prints each warning's message on stderr.
 pub fn print_warnings(warnings: &[crate::warning::Warning]) {

@@ -1,14 +1,15 @@
 //! `agentrun serve`: loads the service configuration and runs the service.
 
 use crate::config::Config;
-use crate::error::Exit;
+use crate::error::{error_chain, Exit};
 use crate::service::{self, ServiceError};
 
 use super::output::{errln, outln};
 use super::ServeArgs;
 
 /// Runs `agentrun serve`. Exit status: 0 after a clean stop (SIGTERM or SIGINT), 2 for an
-/// invalid configuration, 4 when the executor or the service's own files are unavailable.
+/// invalid configuration (a data folder that another service uses and a secrets key of the wrong
+/// format included), 4 when the executor or the service's own files are unavailable.
 pub async fn serve(args: ServeArgs) -> Exit {
     let config = match Config::load(args.config) {
         Ok(config) => config,
@@ -36,24 +37,15 @@ pub async fn serve(args: ServeArgs) -> Exit {
         Ok(()) => Exit::Success,
         Err(error) => {
             let text = error_chain(&error);
+            // The log goes to stderr, so the error is not printed a second time.
             tracing::error!(error = %text, "the service could not start");
-            errln!("error: {text}");
             match error {
-                ServiceError::Config(_) => Exit::InvalidInput,
+                ServiceError::Config(_)
+                | ServiceError::DataDirLocked { .. }
+                | ServiceError::NotASocket { .. }
+                | ServiceError::InvalidKey { .. } => Exit::InvalidInput,
                 _ => Exit::ExecutorUnavailable,
             }
         }
     }
-}
-
-/// Returns an error and its sources as one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -29,7 +29,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::forms::{self, Context};
+use crate::forms::{self, Context, MessageTooLarge};
 use crate::manifest::{is_env_name, Manifest};
 use crate::protocol::{agent_id_for, JobIdGenerator, Request};
 use crate::warning::Warning;
@@ -38,6 +38,10 @@ use log_limit::LogLimiter;
 
 #[cfg(doc)]
 use crate::protocol::parse_info_reply;
+
+/// Default maximum size of a work message, in bytes: 16 MiB. Real messages are a few kilobytes,
+/// and the conformance suite sends a 1 MiB value.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Default number of stderr lines quoted in a job's error text.
 pub const DEFAULT_STDERR_TAIL_LINES: usize = 10;
@@ -109,6 +113,9 @@ pub struct DispatchDefaults {
     pub stderr_tail_bytes: usize,
     /// Stderr lines quoted in error texts. Default [`DEFAULT_STDERR_TAIL_LINES`].
     pub stderr_tail_lines: usize,
+    /// Maximum size of a work message after keyword substitution, in bytes. Default
+    /// [`DEFAULT_MAX_MESSAGE_BYTES`].
+    pub max_message_bytes: usize,
     /// Resource limits and hardening options.
     pub limits: Limits,
 }
@@ -120,6 +127,7 @@ impl Default for DispatchDefaults {
             max_stdout_bytes: DEFAULT_MAX_STDOUT_BYTES,
             stderr_tail_bytes: DEFAULT_STDERR_TAIL_BYTES,
             stderr_tail_lines: DEFAULT_STDERR_TAIL_LINES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             limits: Limits::default(),
         }
     }
@@ -366,7 +374,8 @@ impl Dispatcher {
     ///
     /// # Errors
     ///
-    /// Before anything runs: [`Error::Form`] listing every invalid field value, and
+    /// Before anything runs: [`Error::Form`] listing every invalid field value,
+    /// [`Error::MessageTooLarge`] for a message over [`DispatchDefaults::max_message_bytes`], and
     /// [`Error::InvalidArgument`] for an invalid env variable name or a zero timeout. While
     /// running: [`Error::Executor`] when the executor fails. An agent that fails, crashes or
     /// times out is not an error, and the result's status records it.
@@ -377,14 +386,20 @@ impl Dispatcher {
         request: WorkRequest,
     ) -> Result<WorkResult, Error> {
         // Validate everything before a job id is drawn or a process is started.
-        let form = forms::resolve(&integration.manifest, &request.values, &request.context)?;
+        let max_bytes = self.defaults.max_message_bytes;
+        let form = forms::resolve_within(
+            &integration.manifest,
+            &request.values,
+            &request.context,
+            max_bytes,
+        )?;
         let env = merge_env(&integration.env, &request.env)?;
         let timeout = self.timeout_for(integration, request.timeout)?;
         let mut warnings = form.warnings;
         warnings.extend(undeclared_env(&integration.manifest, &request.env));
 
         let job_id = request.job_id.unwrap_or_else(|| self.job_ids.next_id());
-        let stdin = Request::work(integration.agent_id, job_id, &form.values).to_bytes();
+        let stdin = message_bytes(integration.agent_id, job_id, &form.values, max_bytes)?;
         let mut job = self.job_spec(job_id, MessageKind::Work, stdin, timeout);
         job.env = env;
         job.cancel = request.cancel;
@@ -490,6 +505,48 @@ impl Dispatcher {
             kind = kind.as_str(),
         )
     }
+}
+
+/// Resolves a work request's form and builds the message for the agent's stdin, for callers
+/// that check a request before it runs. Returns the message and the warnings about keywords that
+/// had no value.
+///
+/// The form values are bounded by `max_bytes` while keywords are substituted, and the JSON
+/// message is checked against it after, so nothing much larger than `max_bytes` is built.
+/// Callers that check a request before they draw its job id pass `u64::MAX`, the longest id.
+///
+/// # Errors
+///
+/// [`Error::Form`] listing every invalid value, or [`Error::MessageTooLarge`].
+pub fn work_message(
+    manifest: &Manifest,
+    agent_id: Uuid,
+    job_id: u64,
+    values: &[(String, String)],
+    context: &Context,
+    max_bytes: usize,
+) -> Result<(Vec<u8>, Vec<Warning>), Error> {
+    let form = forms::resolve_within(manifest, values, context, max_bytes)?;
+    let stdin = message_bytes(agent_id, job_id, &form.values, max_bytes)?;
+    Ok((stdin, form.warnings))
+}
+
+/// Serializes a work message and checks it against `max_bytes`.
+fn message_bytes(
+    agent_id: Uuid,
+    job_id: u64,
+    values: &[(String, String)],
+    max_bytes: usize,
+) -> Result<Vec<u8>, MessageTooLarge> {
+    let stdin = Request::work(agent_id, job_id, values).to_bytes();
+    if stdin.len() > max_bytes {
+        return Err(MessageTooLarge {
+            size: stdin.len(),
+            limit: max_bytes,
+            partial: false,
+        });
+    }
+    Ok(stdin)
 }
 
 /// Returns a warning for each name in `env` that the manifest's `[env]` does not declare, or

@@ -323,6 +323,39 @@ async fn work_rejects_bad_env_before_running() {
     assert!(executor.jobs().is_empty());
 }
 
+/// A work message over `max_message_bytes` is rejected with its exact size before anything
+/// runs, and a message at the default limit runs.
+#[tokio::test]
+async fn work_rejects_message_over_limit() {
+    let executor = FakeExecutor::new(replying(0));
+    let defaults = DispatchDefaults {
+        max_message_bytes: 200,
+        ..DispatchDefaults::default()
+    };
+    let dispatcher = Dispatcher::with_defaults(executor.clone(), defaults);
+    let alpha = "a".repeat(150);
+    let work = request(&[("alpha", &alpha)]);
+
+    let error = with_timeout(dispatcher.work(&integration(FORM), &prepared(), work.clone()))
+        .await
+        .expect_err("message over the limit");
+    let Error::MessageTooLarge(too_large) = &error else {
+        panic!("expected MessageTooLarge, got {error}");
+    };
+    assert_eq!(too_large.limit, 200);
+    assert!(!too_large.partial);
+    assert!(too_large.size > 200, "{too_large:?}");
+    assert!(error.to_string().contains("(max_message_bytes)"), "{error}");
+    assert_eq!(exit_for(Outcome::Failed(&error)), Exit::InvalidInput);
+    assert!(executor.jobs().is_empty());
+
+    let dispatcher = Dispatcher::new(executor.clone());
+    with_timeout(dispatcher.work(&integration(FORM), &prepared(), work))
+        .await
+        .expect("message within the default limit");
+    assert_eq!(executor.jobs().len(), 1);
+}
+
 #[tokio::test]
 async fn work_timeout_choice() {
     let executor = FakeExecutor::new(replying(0));

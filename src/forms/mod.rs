@@ -89,6 +89,35 @@ pub struct FormErrors {
     pub errors: Vec<FormError>,
 }
 
+/// A work message, or the form values that go into it, larger than the limit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the work message is {}{size} bytes, more than the limit of {limit} bytes \
+     (max_message_bytes); shorten the field values or the context",
+    if *.partial { "at least " } else { "" }
+)]
+pub struct MessageTooLarge {
+    /// Size in bytes: of the whole message, or of the part built before the limit was passed
+    /// when `partial` is true.
+    pub size: usize,
+    /// The limit in bytes.
+    pub limit: usize,
+    /// True when building stopped at the limit, so the message would be larger than `size`.
+    pub partial: bool,
+}
+
+/// Reason that [`resolve_within`] rejects a form.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// One or more values are invalid.
+    #[error(transparent)]
+    Form(#[from] FormErrors),
+    /// The values are larger than the limit.
+    #[error(transparent)]
+    TooLarge(#[from] MessageTooLarge),
+}
+
 /// Replaces every `SIFT-*` keyword in `text` with its value from `context`, in one pass.
 ///
 /// At each position the longest keyword wins, and text that a replacement inserts is not searched
@@ -100,7 +129,27 @@ pub fn substitute(
     field: &str,
     warnings: &mut Vec<Warning>,
 ) -> String {
-    let mut output = String::with_capacity(text.len());
+    match substitute_within(text, context, field, warnings, usize::MAX) {
+        Ok(output) => output,
+        // No string reaches usize::MAX bytes, so this arm only returns what was built.
+        Err(partial) => partial,
+    }
+}
+
+/// Substitutes like [`substitute`], but stops as soon as the output would pass `max_bytes`, so
+/// that a short prefill that repeats a large context value cannot allocate without bound.
+///
+/// # Errors
+///
+/// The output built so far, already longer than `max_bytes`, when the limit is passed.
+fn substitute_within(
+    text: &str,
+    context: &Context,
+    field: &str,
+    warnings: &mut Vec<Warning>,
+    max_bytes: usize,
+) -> Result<String, String> {
+    let mut output = String::with_capacity(text.len().min(max_bytes));
     let mut rest = text;
 
     while let Some(position) = rest.find(KEYWORD_PREFIX) {
@@ -128,9 +177,15 @@ pub fn substitute(
                 rest = &tail[KEYWORD_PREFIX.len()..];
             }
         }
+        if output.len() > max_bytes {
+            return Err(output);
+        }
     }
     output.push_str(rest);
-    output
+    if output.len() > max_bytes {
+        return Err(output);
+    }
+    Ok(output)
 }
 
 /// Returns each field's prefill with keywords substituted, in field order, as a form shows it
@@ -166,6 +221,41 @@ pub fn resolve(
     user_values: &[(String, String)],
     context: &Context,
 ) -> Result<ResolvedForm, FormErrors> {
+    match resolve_within(manifest, user_values, context, usize::MAX) {
+        Ok(form) => Ok(form),
+        Err(ResolveError::Form(errors)) => Err(errors),
+        // No form reaches usize::MAX bytes, so this arm is never taken.
+        Err(ResolveError::TooLarge(_)) => Err(FormErrors { errors: Vec::new() }),
+    }
+}
+
+/// Resolves the form like [`resolve`], stopping as soon as the names and values together pass
+/// `max_bytes`. Substitution stops at that point too, so memory stays near `max_bytes`.
+///
+/// # Errors
+///
+/// [`ResolveError::TooLarge`] when the values pass `max_bytes`, else [`ResolveError::Form`] as
+/// [`resolve`] returns it.
+pub fn resolve_within(
+    manifest: &Manifest,
+    user_values: &[(String, String)],
+    context: &Context,
+    max_bytes: usize,
+) -> Result<ResolvedForm, ResolveError> {
+    let too_large = |size: usize| {
+        ResolveError::TooLarge(MessageTooLarge {
+            size,
+            limit: max_bytes,
+            partial: true,
+        })
+    };
+    let given_bytes = user_values.iter().fold(0usize, |sum, (name, value)| {
+        sum.saturating_add(name.len()).saturating_add(value.len())
+    });
+    if given_bytes > max_bytes {
+        return Err(too_large(given_bytes));
+    }
+
     let mut errors = Vec::new();
     let known: Vec<&str> = manifest
         .fields
@@ -216,20 +306,29 @@ pub fn resolve(
                 warnings: Vec::new(),
             })
         } else {
-            Err(FormErrors { errors })
+            Err(FormErrors { errors }.into())
         };
     }
 
     let mut warnings = Vec::new();
     let mut values = Vec::with_capacity(manifest.fields.len());
+    let mut size = 0usize;
     for field in &manifest.fields {
-        let user_value = given
-            .get(field.name.as_str())
-            .map(|value| (*value).to_owned());
-        let value = user_value.unwrap_or_else(|| {
-            let prefill = field.value.as_deref().unwrap_or_default();
-            substitute(prefill, context, &field.name, &mut warnings)
-        });
+        let budget = max_bytes
+            .saturating_sub(size)
+            .saturating_sub(field.name.len());
+        let value = match given.get(field.name.as_str()) {
+            Some(value) => (*value).to_owned(),
+            None => {
+                let prefill = field.value.as_deref().unwrap_or_default();
+                substitute_within(prefill, context, &field.name, &mut warnings, budget)
+                    .map_err(|partial| too_large(size + field.name.len() + partial.len()))?
+            }
+        };
+        size = size.saturating_add(field.name.len() + value.len());
+        if size > max_bytes {
+            return Err(too_large(size));
+        }
 
         if let Some(broken) = check_value(field, &value) {
             let (message, custom_message) = match &field.validation_message {
@@ -250,7 +349,7 @@ pub fn resolve(
     if errors.is_empty() {
         Ok(ResolvedForm { values, warnings })
     } else {
-        Err(FormErrors { errors })
+        Err(FormErrors { errors }.into())
     }
 }
 

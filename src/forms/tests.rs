@@ -644,3 +644,55 @@ fn resolve_many_unknown_fields() {
         .iter()
         .all(|error| error.rule == FormRule::UnknownField));
 }
+
+/// A prefill that repeats a large context value stops growing once the limit is passed, and
+/// the error names the limit and the size reached.
+#[test]
+fn resolve_within_stops_at_limit() {
+    let form = manifest(&format!(
+        "[[fields]]\nname = \"f\"\nvalue = \"{}\"\n",
+        "SIFT-SELECTED-NODE-ID".repeat(200)
+    ));
+    let context = Context::from_pairs([format!("selected-node-id={}", "x".repeat(10_000))])
+        .expect("valid context");
+    // The name "f" and 200 copies of the value.
+    let full_size = 1 + 200 * 10_000;
+
+    let error = resolve_within(&form, &[], &context, 100_000).expect_err("over the limit");
+    let ResolveError::TooLarge(error) = error else {
+        panic!("expected TooLarge, got {error}");
+    };
+    assert_eq!(error.limit, 100_000);
+    assert!(error.partial);
+    assert!(error.size > 100_000, "{error:?}");
+    assert!(error.size <= 100_000 + 10_000, "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "the work message is at least {} bytes, more than the limit of 100000 bytes \
+             (max_message_bytes); shorten the field values or the context",
+            error.size
+        )
+    );
+
+    let resolved = resolve_within(&form, &[], &context, full_size).expect("at the limit");
+    assert_eq!(resolved.values[0].1.len(), full_size - 1);
+    let error = resolve_within(&form, &[], &context, full_size - 1).expect_err("one byte over");
+    assert!(matches!(error, ResolveError::TooLarge(_)), "{error}");
+}
+
+/// User values larger than the limit are rejected before any substitution.
+#[test]
+fn resolve_within_bounds_user_values() {
+    let form = manifest("[[fields]]\nname = \"f\"\n");
+    let values = vec![("f".to_owned(), "y".repeat(1_000))];
+    let error = resolve_within(&form, &values, &Context::default(), 500).expect_err("too large");
+    assert_eq!(
+        error,
+        ResolveError::TooLarge(MessageTooLarge {
+            size: 1_001,
+            limit: 500,
+            partial: true,
+        })
+    );
+}

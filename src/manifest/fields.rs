@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 use super::raw::{describe, Problems, Table};
 use super::validate::{unknown_value, Prefills};
-use super::{Field, FieldRegex, SelectOption, UiElement, MAX_FIELD_NAME_CHARS};
+use super::{
+    Field, FieldRegex, SelectOption, UiElement, MAX_FIELDS, MAX_FIELD_NAME_CHARS, MAX_REGEX_BYTES,
+};
 use crate::forms;
 
 /// Keys of one `[[fields]]` table.
@@ -44,6 +46,18 @@ pub(super) fn validate_fields(
             return Vec::new();
         }
     };
+
+    if items.len() > MAX_FIELDS {
+        problems.add(
+            "fields",
+            format!(
+                "the manifest has {} fields; the maximum is {MAX_FIELDS}, so split the \
+                 integration or drop fields it does not need",
+                items.len()
+            ),
+        );
+        return Vec::new();
+    }
 
     let mut fields = Vec::with_capacity(items.len());
     let mut first_index: HashMap<String, usize> = HashMap::new();
@@ -127,6 +141,18 @@ fn validate_field(table: &Table<'_>, name: String, problems: &mut Problems) -> F
         .string("regex", problems)
         .and_then(|source| match FieldRegex::new(&source) {
             Ok(regex) => Some(regex),
+            Err(regex::Error::CompiledTooBig(_)) => {
+                table.add(
+                    problems,
+                    "regex",
+                    format!(
+                        "regex {source:?} compiles to more than {MAX_REGEX_BYTES} bytes, the \
+                         maximum for a field; use fewer repetitions, or ASCII classes such as \
+                         [0-9A-Za-z_] in place of \\w"
+                    ),
+                );
+                None
+            }
             Err(error) => {
                 table.add(
                     problems,

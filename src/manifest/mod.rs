@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
 use serde::{Deserialize, Serialize, Serializer};
 
 use validate::{Prefills, RawManifest};
@@ -58,8 +58,25 @@ pub const MAX_FIELD_NAME_CHARS: usize = 64;
 /// Allowed range of `[run] timeout_secs`: the job deadline range that the service configuration
 /// and the command line accept too, 1 second to one day.
 pub const TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=crate::config::MAX_TIMEOUT_SECS;
+/// Source named in the errors of [`Manifest::from_json_slice`]: the HTTP API's multipart part
+/// that carries a JSON manifest.
+pub const JSON_ORIGIN: &str = "the `manifest` part";
 /// Maximum size of a manifest file, in bytes. Real manifests are a few kilobytes.
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+/// Maximum number of `[[fields]]` in a manifest. Forms that people fill in have a handful, and
+/// the cap bounds the time spent compiling their regexes.
+pub const MAX_FIELDS: usize = 100;
+/// Maximum compiled size of one field's regex, in bytes, passed to the regex crate as both
+/// `size_limit` and `dfa_size_limit`. `.{1,2000}` and `\w{50}` fit, `\w{200}` (200 Unicode word
+/// characters) does not.
+///
+/// NOTE: a pattern just under the limit still takes up to about 150 ms to compile in a debug
+/// build (measured on a 2-core x86-64 VM), so [`MAX_FIELDS`] of them take seconds. Manifests
+/// are validated on blocking threads for that reason.
+///
+/// NOTE: [`Manifest::from_stored_json`] applies this limit and [`MAX_FIELDS`] too, so a manifest
+/// that a database holds from before they existed fails to load instead of being accepted.
+pub const MAX_REGEX_BYTES: usize = 4 * 1024 * 1024;
 
 /// A validated integration manifest.
 ///
@@ -249,16 +266,25 @@ impl FieldRegex {
     ///
     /// # Errors
     ///
-    /// The `regex` crate's error when `source` is not a valid pattern or compiles too large.
+    /// The `regex` crate's error when `source` is not a valid pattern or compiles to more than
+    /// [`MAX_REGEX_BYTES`] (`regex::Error::CompiledTooBig`).
     pub fn new(source: &str) -> Result<Self, regex::Error> {
-        // Compiling the pattern alone first makes the error point into the user's text rather
-        // than into the anchored wrapper.
-        Regex::new(source)?;
-        let whole = Regex::new(&format!("^(?:{source})$"))?;
-        Ok(Self {
-            source: source.to_owned(),
-            whole,
-        })
+        let compile = |pattern: &str| {
+            RegexBuilder::new(pattern)
+                .size_limit(MAX_REGEX_BYTES)
+                .dfa_size_limit(MAX_REGEX_BYTES)
+                .build()
+        };
+        match compile(&format!("^(?:{source})$")) {
+            Ok(whole) => Ok(Self {
+                source: source.to_owned(),
+                whole,
+            }),
+            // A syntax error is reported from the pattern alone, so that its position points
+            // into the user's text rather than into the anchored wrapper.
+            Err(error @ regex::Error::Syntax(_)) => Err(compile(source).err().unwrap_or(error)),
+            Err(error) => Err(error),
+        }
     }
 
     /// Returns the pattern as written in the manifest.
@@ -331,7 +357,7 @@ impl Manifest {
     ///
     /// As [`Manifest::from_toml_str`].
     pub fn from_json_slice(json: &[u8]) -> Result<Self, ManifestError> {
-        Self::from_json_checking(json, Prefills::Check)
+        Self::from_json_checking(json, Prefills::Check, JSON_ORIGIN)
     }
 
     /// Parses a manifest that was valid when it was stored, such as one that a service saved
@@ -346,11 +372,14 @@ impl Manifest {
     ///
     /// As [`Manifest::from_json_slice`].
     pub fn from_stored_json(json: &[u8]) -> Result<Self, ManifestError> {
-        Self::from_json_checking(json, Prefills::Skip)
+        Self::from_json_checking(json, Prefills::Skip, "the database")
     }
 
-    fn from_json_checking(json: &[u8], prefills: Prefills) -> Result<Self, ManifestError> {
-        let origin = "manifest JSON";
+    fn from_json_checking(
+        json: &[u8],
+        prefills: Prefills,
+        origin: &str,
+    ) -> Result<Self, ManifestError> {
         let tree: serde_json::Value =
             serde_json::from_slice(json).map_err(|error| ManifestError::Syntax {
                 origin: origin.to_owned(),
@@ -444,7 +473,7 @@ impl TryFrom<RawManifest> for Manifest {
 
     fn try_from(raw: RawManifest) -> Result<Self, Self::Error> {
         raw.validate().map_err(|problems| ManifestError::Invalid {
-            origin: "manifest".to_owned(),
+            origin: "the serialized document".to_owned(),
             problems,
         })
     }
@@ -476,7 +505,7 @@ pub enum ManifestError {
     /// The text is not valid TOML or JSON.
     #[error("invalid {format} in {origin} at line {line}, column {column}: {message}")]
     Syntax {
-        /// Source of the text: a path, `integration.toml` or `manifest JSON`.
+        /// Source of the text: a path, `integration.toml` or [`JSON_ORIGIN`].
         origin: String,
         /// `TOML` or `JSON`.
         format: &'static str,
@@ -489,7 +518,7 @@ pub enum ManifestError {
     },
 
     /// The manifest parsed but breaks one or more rules.
-    #[error("invalid manifest {origin}:{}", format_problems(problems))]
+    #[error("invalid manifest in {origin}:{}", format_problems(problems))]
     Invalid {
         /// Source of the text.
         origin: String,

@@ -160,7 +160,7 @@ fn manifest_load_error_names_path() {
     assert_eq!(
         error.to_string(),
         format!(
-            "invalid manifest {}:\n  section: unknown value \"sidebar\"; expected one of canvas, collaborate",
+            "invalid manifest in {}:\n  section: unknown value \"sidebar\"; expected one of canvas, collaborate",
             path.display()
         )
     );
@@ -296,7 +296,7 @@ fn manifest_wrong_container_types() {
         problems("name = \"x\"\nfields = 3\nenv = \"A=1\"\nrun = true\n"),
         [
             "fields: expected a list of tables ([[fields]] in TOML), found the number 3",
-            "env: expected a table of variable names and string values, found the string \"A=1\"",
+            "env: expected a table of variable names and string values, such as { API_TOKEN = \"…\" }, found a string",
             "run: expected a table ([run]), found the boolean true",
         ]
     );
@@ -492,6 +492,53 @@ fn manifest_regex_matches_whole_value() {
     assert!(!regex.matches_whole("x none"));
 }
 
+/// A regex that compiles past the size limit is rejected with a problem naming the field, and
+/// a syntax error still points into the pattern as written.
+#[test]
+fn manifest_regex_size_limit() {
+    let found = problems(
+        "name = \"x\"\n[[fields]]\nname = \"ok\"\nregex = '\\w{20}'\n\
+         [[fields]]\nname = \"big\"\nregex = '\\w{200}'\n",
+    );
+    assert_eq!(
+        found,
+        [format!(
+            "fields[1].regex (field \"big\"): regex \"\\\\w{{200}}\" compiles to more than \
+             {MAX_REGEX_BYTES} bytes, the maximum for a field; use fewer repetitions, or ASCII \
+             classes such as [0-9A-Za-z_] in place of \\w"
+        )]
+    );
+
+    let error = FieldRegex::new("a(b").expect_err("unclosed group");
+    assert!(error.to_string().contains("a(b"), "{error}");
+    assert!(!error.to_string().contains("^(?:"), "{error}");
+}
+
+/// A manifest with more fields than the maximum gets one problem with the count.
+#[test]
+fn manifest_field_count_limit() {
+    let mut toml_text = "name = \"x\"\n".to_owned();
+    for index in 0..=MAX_FIELDS {
+        toml_text.push_str(&format!("[[fields]]\nname = \"f{index}\"\n"));
+    }
+    assert_eq!(
+        problems(&toml_text),
+        [format!(
+            "fields: the manifest has {} fields; the maximum is {MAX_FIELDS}, so split the \
+             integration or drop fields it does not need",
+            MAX_FIELDS + 1
+        )]
+    );
+
+    let allowed: String = (0..MAX_FIELDS)
+        .map(|index| format!("[[fields]]\nname = \"f{index}\"\n"))
+        .collect();
+    assert_eq!(
+        parse(&format!("name = \"x\"\n{allowed}")).fields.len(),
+        MAX_FIELDS
+    );
+}
+
 #[test]
 fn manifest_env_rules() {
     let found =
@@ -510,6 +557,21 @@ fn manifest_env_rules() {
 fn manifest_env_value_not_in_message() {
     let found = problems("name = \"x\"\n[env]\nTOKEN = \"hunter2\\u0000\"\n");
     assert!(!found[0].contains("hunter2"), "{found:?}");
+}
+
+/// An `env` that is not a table may be a secret in the wrong shape: no message quotes it.
+#[test]
+fn manifest_env_of_wrong_type_not_in_message() {
+    for json in [
+        r#"{"name": "x", "env": "HIDDEN-2"}"#,
+        r#"{"name": "x", "env": ["HIDDEN-2"]}"#,
+        r#"{"name": "x", "env": {"A": ["HIDDEN-2"]}}"#,
+    ] {
+        let error = Manifest::from_json_slice(json.as_bytes()).expect_err("invalid env");
+        let text = format!("{error} {:?}", error.problems());
+        assert!(!text.contains("HIDDEN-2"), "{json}: {text}");
+        assert!(text.contains("env"), "{json}: {text}");
+    }
 }
 
 #[test]

@@ -265,11 +265,13 @@ fn validate_env(table: &Table<'_>, problems: &mut Problems) -> BTreeMap<String, 
         None => return env,
         Some(Value::Object(entries)) => entries,
         Some(other) => {
+            // The value may be a secret written in the wrong shape, so only its type is named.
             problems.add(
                 "env",
                 format!(
-                    "expected a table of variable names and string values, found {}",
-                    describe(other)
+                    "expected a table of variable names and string values, such as \
+                     {{ API_TOKEN = \"…\" }}, found {}",
+                    type_name(other)
                 ),
             );
             return env;

@@ -17,7 +17,8 @@ use super::api::error::{ApiError, FieldError};
 use super::pool::CancelReason;
 use super::{health, Service};
 use crate::dispatcher::Integration;
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::error::error_chain;
+use crate::manifest::{Manifest, ManifestError, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use crate::package::{self, PackageError};
 use crate::protocol::agent_id_for;
 use crate::store::{BuildState, IntegrationRecord, NewIntegration};
@@ -61,15 +62,21 @@ pub(crate) fn to_integration(record: &IntegrationRecord) -> Integration {
 }
 
 /// Registers a new integration and starts building it.
+///
+/// The upload is unpacked and its manifest validated before [`Service::integration_lock`] is
+/// taken, on blocking threads: compiling a manifest's regexes can take a while, and neither
+/// step touches anything that another request uses.
 pub(crate) async fn register(
     service: &Arc<Service>,
     upload: Upload,
 ) -> Result<IntegrationRecord, ApiError> {
-    let _guard = service.integration_lock.lock().await;
     let unpacked = unpack(service, &upload.package).await?;
-    let manifest = resolve_manifest(upload.manifest.as_deref(), &unpacked.root, None)?;
+    let Some(manifest) = parse_manifest(upload.manifest, &unpacked.root).await? else {
+        return Err(missing_manifest());
+    };
     let agent_id = agent_id_for(&manifest.name);
 
+    let _guard = service.integration_lock.lock().await;
     if let Some(existing) = service.store.integration(agent_id).await? {
         return Err(duplicate(&existing.name));
     }
@@ -95,23 +102,27 @@ pub(crate) async fn register(
 ///
 /// The manifest is the `manifest` part, else the package's `integration.toml`, else the current
 /// manifest. Its name may differ from the current one in case only, since the agentID must stay.
+/// As for [`register`], the upload is unpacked and validated before the lock is taken.
 pub(crate) async fn replace(
     service: &Arc<Service>,
     agent_id: Uuid,
     upload: Upload,
 ) -> Result<IntegrationRecord, ApiError> {
+    if service.store.integration(agent_id).await?.is_none() {
+        return Err(ApiError::not_found("integration", agent_id));
+    }
+    let unpacked = unpack(service, &upload.package).await?;
+    let parsed = parse_manifest(upload.manifest, &unpacked.root).await?;
+
     let _guard = service.integration_lock.lock().await;
     let Some(current) = service.store.integration(agent_id).await? else {
         return Err(ApiError::not_found("integration", agent_id));
     };
-    let unpacked = unpack(service, &upload.package).await?;
-    let mut current_manifest = current.manifest.clone();
-    current_manifest.env.clear();
-    let manifest = resolve_manifest(
-        upload.manifest.as_deref(),
-        &unpacked.root,
-        Some(&current_manifest),
-    )?;
+    let manifest = parsed.unwrap_or_else(|| {
+        let mut manifest = current.manifest.clone();
+        manifest.env.clear();
+        manifest
+    });
     if agent_id_for(&manifest.name) != agent_id {
         return Err(ApiError::unprocessable(
             "name_changed",
@@ -150,8 +161,9 @@ pub(crate) async fn replace(
     Ok(record)
 }
 
-/// Deletes an integration: cancels its queued and running jobs, frees its image and removes
-/// its package folders once its jobs have ended.
+/// Deletes an integration: cancels its queued and running jobs, and once they have ended
+/// frees its image and removes its package folder, unless a new integration of the same name
+/// uses them by then.
 pub(crate) async fn delete(
     service: &Arc<Service>,
     agent_id: Uuid,
@@ -160,39 +172,76 @@ pub(crate) async fn delete(
     let Some((record, cancelled_queued)) = service.store.delete_integration(agent_id).await? else {
         return Err(ApiError::not_found("integration", agent_id));
     };
-    let cancelled_running = service
+    let running = service
         .pool
         .cancel_integration(agent_id, CancelReason::IntegrationDeleted);
     tracing::info!(
         agent_id = %agent_id,
         name = %record.name,
         cancelled_queued,
-        cancelled_running,
+        cancelled_running = running.len(),
         "integration deleted"
     );
 
     let service_for_cleanup = Arc::clone(service);
-    let prepared = record.prepared.clone();
+    let deleted = record.clone();
     service.tasks.spawn(async move {
         let service = service_for_cleanup;
         let grace = std::time::Duration::from_secs(service.config.shutdown_grace_secs.max(10));
-        if !service.pool.wait_idle(Some(agent_id), grace).await {
+        if !service.pool.wait_ended(&running, grace).await {
             tracing::warn!(agent_id = %agent_id, "jobs of the deleted integration are still running; its files stay until the next start");
             return;
         }
-        if let Some(prepared) = prepared {
-            if let Err(error) = service.executor().release(&prepared).await {
-                tracing::warn!(agent_id = %agent_id, error = %error, "freeing the deleted integration's image failed");
-            }
-        }
-        let folder = service.config.packages_dir().join(agent_id.to_string());
-        if let Err(error) = tokio::fs::remove_dir_all(&folder).await {
-            if error.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(folder = %folder.display(), error = %error, "removing the deleted integration's package failed");
-            }
-        }
+        remove_deleted_files(&service, &deleted).await;
     });
     Ok(record)
+}
+
+/// Frees a deleted integration's image and removes its package folders.
+///
+/// Runs under [`Service::integration_lock`], like registration: the agentID derives from the
+/// name, so an integration registered again under the same name uses the same package folder
+/// and, for the same package, the same image. That integration's folder is kept, and so is the
+/// image when it has the deleted one's digest.
+async fn remove_deleted_files(service: &Service, deleted: &IntegrationRecord) {
+    let _guard = service.integration_lock.lock().await;
+    let agent_id = deleted.agent_id;
+    let successor = match service.store.integration(agent_id).await {
+        Ok(successor) => successor,
+        Err(error) => {
+            tracing::warn!(agent_id = %agent_id, error = %error, "reading the integrations failed; the deleted integration's files stay until the next start");
+            return;
+        }
+    };
+
+    let image_in_use = successor
+        .as_ref()
+        .is_some_and(|successor| successor.digest == deleted.digest);
+    if image_in_use {
+        tracing::info!(agent_id = %agent_id, digest = %deleted.digest, "the deleted integration's package is registered again; its image and folder are kept");
+    } else if let Some(prepared) = &deleted.prepared {
+        if let Err(error) = service.executor().release(prepared).await {
+            tracing::warn!(agent_id = %agent_id, error = %error, "freeing the deleted integration's image failed");
+        }
+    }
+
+    // Every package folder of the agentID belonged to the deleted integration, replaced ones
+    // included, except the one of a new integration of the same name.
+    let folder = service.config.packages_dir().join(agent_id.to_string());
+    let keep = successor.map(|successor| successor.package_root);
+    let target = folder.clone();
+    let removed =
+        tokio::task::spawn_blocking(move || remove_agent_folder(&target, keep.as_deref()))
+            .await
+            .unwrap_or_else(|error| Err(std::io::Error::other(error)));
+    match removed {
+        Ok(()) => {
+            tracing::info!(agent_id = %agent_id, "the deleted integration's package folders are removed")
+        }
+        Err(error) => {
+            tracing::warn!(folder = %folder.display(), error = %error, "removing the deleted integration's package failed")
+        }
+    }
 }
 
 /// Removes package folders that no integration uses, such as uploads a previous process did
@@ -243,18 +292,21 @@ fn spawn_build(service: &Arc<Service>, record: IntegrationRecord, previous: Opti
         async move {
             let started = std::time::Instant::now();
             let integration = to_integration(&record);
-            let outcome = service
-                .dispatcher
-                .prepare(&integration)
-                .await
-                .map_err(|error| error.to_string());
+            let outcome = service.dispatcher.prepare(&integration).await;
             let elapsed_ms = started.elapsed().as_millis() as u64;
-            match &outcome {
+            // The log keeps the server's paths; the stored error, which API clients read,
+            // names files relative to the package.
+            let outcome = match outcome {
                 Ok(prepared) => {
-                    tracing::info!(elapsed_ms, cache_hit = prepared.cache_hit, "package ready")
+                    tracing::info!(elapsed_ms, cache_hit = prepared.cache_hit, "package ready");
+                    Ok(prepared)
                 }
-                Err(error) => tracing::warn!(elapsed_ms, error = %error, "package build failed"),
-            }
+                Err(error) => {
+                    let text = error_chain(&error);
+                    tracing::warn!(elapsed_ms, error = %text, "package build failed");
+                    Err(build_error_text(&error, &text, &record.package_root))
+                }
+            };
             let build_error = outcome.as_ref().err().cloned();
             let current = match service
                 .store
@@ -284,6 +336,29 @@ fn spawn_build(service: &Arc<Service>, record: IntegrationRecord, previous: Opti
         },
         span,
     ));
+}
+
+/// Returns a build error for API clients: the error and its causes, with paths relative to
+/// the package instead of the folder the service unpacked it into.
+fn build_error_text(error: &crate::error::Error, text: &str, root: &Path) -> String {
+    use agentrun_executor::ExecutorError;
+
+    let text = match error {
+        crate::error::Error::Executor(ExecutorError::InvalidPackage { reason, .. }) => {
+            format!("invalid package: {reason}")
+        }
+        _ => text.to_owned(),
+    };
+    // Backends may name the folder by its canonical path, which differs when the data folder's
+    // path contains a symbolic link.
+    let mut roots = vec![root.display().to_string()];
+    if let Ok(canonical) = std::fs::canonicalize(root) {
+        roots.push(canonical.display().to_string());
+    }
+    roots.iter().fold(text, |text, root| {
+        text.replace(&format!("{root}/"), "")
+            .replace(root.as_str(), "<package>")
+    })
 }
 
 /// Ends the jobs that were queued for a package whose build failed, since they could only run
@@ -350,32 +425,91 @@ async fn unpack(service: &Service, zip: &Path) -> Result<Unpacked, ApiError> {
     }
 }
 
-/// Picks the manifest: the `manifest` part, else the package's `integration.toml`, else
-/// `fallback`.
+/// Validates the upload's manifest on a blocking thread: the `manifest` part, else the
+/// package's `integration.toml`. Returns `None` when there is neither.
 ///
 /// NOTE: `[env]` values from a package's own `integration.toml` are stored encrypted like all
 /// env values, but the file itself stays in the unpacked package (and in an image whose
 /// Dockerfile copies it). Send secrets in the `manifest` part or with `PATCH …/env` instead.
-fn resolve_manifest(
-    part: Option<&[u8]>,
-    root: &Path,
-    fallback: Option<&Manifest>,
-) -> Result<Manifest, ApiError> {
-    if let Some(json) = part {
-        return Ok(Manifest::from_json_slice(json)?);
+async fn parse_manifest(part: Option<Vec<u8>>, root: &Path) -> Result<Option<Manifest>, ApiError> {
+    let root = root.to_owned();
+    tokio::task::spawn_blocking(move || match part {
+        Some(json) => Manifest::from_json_slice(&json)
+            .map(Some)
+            .map_err(|error| manifest_part_error(error, &json)),
+        None => read_package_manifest(&root),
+    })
+    .await
+    .map_err(|error| ApiError::internal(&error))?
+}
+
+/// Turns an invalid `manifest` part into a 422, with a hint when the part looks like TOML.
+fn manifest_part_error(error: ManifestError, json: &[u8]) -> ApiError {
+    let looks_like_toml = matches!(error, ManifestError::Syntax { format: "JSON", .. })
+        && json
+            .iter()
+            .find(|byte| !byte.is_ascii_whitespace())
+            .is_some_and(|first| !matches!(first, b'{' | b'[' | b'"'));
+    let mut api_error = ApiError::from(error);
+    if looks_like_toml {
+        let hint = format!(
+            "; the `manifest` part takes JSON with the keys of {MANIFEST_FILE}, such as \
+             {{\"name\": \"Slack\"}}: send TOML as {MANIFEST_FILE} inside the package instead"
+        );
+        api_error.message.push_str(&hint);
+        for field in &mut api_error.errors {
+            field.message.push_str(&hint);
+        }
     }
-    if root.join(MANIFEST_FILE).is_file() {
-        return Ok(Manifest::load(root, "agent")?);
+    api_error
+}
+
+/// Reads `integration.toml` of an unpacked package, or returns `None` when there is none.
+///
+/// Errors name the file as `integration.toml`, relative to the package, because the client
+/// knows the package and not the folder the service unpacked it into.
+fn read_package_manifest(root: &Path) -> Result<Option<Manifest>, ApiError> {
+    let path = root.join(MANIFEST_FILE);
+    if !path.is_file() {
+        return Ok(None);
     }
-    if let Some(manifest) = fallback {
-        return Ok(manifest.clone());
+    let invalid = |message: String| {
+        ApiError::unprocessable(
+            "invalid_manifest",
+            message.clone(),
+            vec![FieldError {
+                field: "manifest".to_owned(),
+                message,
+                rule: None,
+            }],
+        )
+    };
+    let size = std::fs::metadata(&path)
+        .map_err(|error| ApiError::internal(&error))?
+        .len();
+    if size > MAX_MANIFEST_BYTES {
+        return Err(invalid(format!(
+            "{MANIFEST_FILE} is {size} bytes; the maximum is {MAX_MANIFEST_BYTES}"
+        )));
     }
+    let bytes = std::fs::read(&path).map_err(|error| ApiError::internal(&error))?;
+    let text = String::from_utf8(bytes).map_err(|error| {
+        invalid(format!(
+            "{MANIFEST_FILE} is not UTF-8 text: invalid byte at offset {}; save it as UTF-8",
+            error.utf8_error().valid_up_to()
+        ))
+    })?;
+    Ok(Some(Manifest::from_toml_str(&text)?))
+}
+
+/// 422 for a registration with neither a `manifest` part nor an `integration.toml`.
+fn missing_manifest() -> ApiError {
     let message = format!(
         "missing part `manifest`: the request has no `manifest` part and the package has no \
          {MANIFEST_FILE}; send the manifest as a JSON part named `manifest`, or add \
          {MANIFEST_FILE} to the package"
     );
-    Err(ApiError::unprocessable(
+    ApiError::unprocessable(
         "missing_part",
         message.clone(),
         vec![FieldError {
@@ -383,7 +517,7 @@ fn resolve_manifest(
             message,
             rule: None,
         }],
-    ))
+    )
 }
 
 /// Moves an unpacked package to `packages/<agent_id>/<digest>` and returns that path. An
@@ -432,6 +566,23 @@ fn remove_folders_except(packages: &Path, keep: &[PathBuf]) -> std::io::Result<(
     Ok(())
 }
 
+/// Removes an agentID's package folder, or with `keep`, every version in it except `keep`.
+fn remove_agent_folder(folder: &Path, keep: Option<&Path>) -> std::io::Result<()> {
+    let Some(keep) = keep else {
+        return match std::fs::remove_dir_all(folder) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            result => result,
+        };
+    };
+    for version in std::fs::read_dir(folder)? {
+        let version = version?.path();
+        if version != keep {
+            std::fs::remove_dir_all(&version)?;
+        }
+    }
+    Ok(())
+}
+
 /// Returns 409 when the integration cannot take jobs.
 pub(crate) fn check_accepts_jobs(record: &IntegrationRecord) -> Result<(), ApiError> {
     if record.state == BuildState::Failed {
@@ -447,4 +598,36 @@ pub(crate) fn check_accepts_jobs(record: &IntegrationRecord) -> Result<(), ApiEr
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use agentrun_executor::ExecutorError;
+
+    use super::*;
+    use crate::error::Error;
+
+    /// Build errors keep their OS cause and name files relative to the package.
+    #[test]
+    fn build_error_text_is_package_relative() {
+        let root = PathBuf::from("/srv/agentrun/packages/abc/0123");
+        let error = Error::Executor(ExecutorError::io(
+            format!("resolve package folder {}", root.display()),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        ));
+        let text = build_error_text(&error, &error_chain(&error), &root);
+        assert_eq!(
+            text,
+            "resolve package folder <package> failed: entity not found"
+        );
+
+        let error = Error::Executor(ExecutorError::InvalidPackage {
+            path: root.clone(),
+            reason: format!("{}/agent.sh is not executable", root.display()),
+        });
+        let text = build_error_text(&error, &error_chain(&error), &root);
+        assert_eq!(text, "invalid package: agent.sh is not executable");
+    }
 }

@@ -16,17 +16,19 @@ pub const CREDENTIAL_NAME: &str = "agentrun-key";
 /// 0600 when missing.
 pub(crate) fn load_key(config: &Config) -> Result<EnvCipher, ServiceError> {
     if let Some(path) = &config.secrets.key_file {
+        let cipher = read_key(path)?;
         tracing::info!(key_file = %path.display(), "secrets key read from secrets.key_file");
-        return read_key(path);
+        return Ok(cipher);
     }
     if let Some(directory) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         let path = PathBuf::from(directory).join(CREDENTIAL_NAME);
         if path.exists() {
+            let cipher = read_key(&path)?;
             tracing::info!(
                 credential = CREDENTIAL_NAME,
                 "secrets key read from the systemd credential"
             );
-            return read_key(&path);
+            return Ok(cipher);
         }
     }
 
@@ -45,7 +47,7 @@ pub(crate) fn load_key(config: &Config) -> Result<EnvCipher, ServiceError> {
         key_file = %path.display(),
         "generated a new secrets key in the data folder; to keep it apart from the data, run \
          `systemd-creds encrypt --name=agentrun-key {} /etc/credstore.encrypted/agentrun-key`, \
-         add LoadCredentialEncrypted=agentrun-key to the unit and delete the file",
+         add LoadCredentialEncrypted=agentrun-key to the unit, then delete the key file",
         path.display()
     );
     read_key(&path)

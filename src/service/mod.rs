@@ -3,8 +3,9 @@
 //!
 //! # Lifecycle
 //!
-//! 1. Start-up: create the data folders, load the secrets key, open the store, connect the
-//!    executor, bind the listeners, then send `READY=1` to the service manager.
+//! 1. Start-up: create the data folders and take the data folder's lock (a second service on
+//!    the same folder stops here), load the secrets key, open the store, connect the executor,
+//!    bind the listeners, then send `READY=1` to the service manager.
 //! 2. Recovery, in the background while the API already accepts requests: each job that the
 //!    store records as `running` is handed to [`Executor::recover`]. A recovered outcome
 //!    completes the job through the dispatcher's reply parsing. A job whose agent cannot be
@@ -13,9 +14,12 @@
 //!    Then [`Executor::sweep`] removes containers that no job owns, and only then does the worker
 //!    pool start, so the sweep cannot remove a container of a new job.
 //! 3. Running: the pool runs queued jobs; health checks run on an interval.
-//! 4. Shutdown on SIGTERM or SIGINT: send `STOPPING=1`, stop accepting connections and
-//!    claiming jobs, let running jobs finish for `shutdown_grace_secs`, cancel the rest (recorded
-//!    as `cancelled`, with a message saying that the service stopped) and return.
+//! 4. Shutdown on SIGTERM or SIGINT: send `STOPPING=1`, stop claiming jobs, let running jobs
+//!    finish for `shutdown_grace_secs` and cancel the rest (recorded as `cancelled`, with a
+//!    message saying that the service stopped). During this drain the API goes on serving
+//!    reads, `/healthz` answers 503 `{"status":"stopping"}`, and requests that would start a
+//!    job or change an integration get 503. Then the listeners close, the socket file is
+//!    removed and the data folder's lock is released.
 //!
 //! [`Executor::recover`]: agentrun_executor::Executor::recover
 //! [`Executor::sweep`]: agentrun_executor::Executor::sweep
@@ -25,6 +29,7 @@ mod events;
 mod health;
 mod integrations;
 mod keys;
+mod lock;
 mod logging;
 mod metrics;
 mod notify;
@@ -69,6 +74,19 @@ pub enum ServiceError {
         source: std::io::Error,
     },
 
+    /// Another process holds the data folder's lock, so another service uses the folder.
+    #[error(
+        "the data folder {} is in use by another agentrun service{}: stop that service, or give this one another data_dir",
+        data_dir.display(),
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    DataDirLocked {
+        /// The data folder.
+        data_dir: PathBuf,
+        /// The pid of the service that holds the lock, when its lock file names one.
+        pid: Option<u32>,
+    },
+
     /// The secrets key could not be read or created.
     #[error("{operation} {} failed", path.display())]
     KeyFile {
@@ -107,6 +125,13 @@ pub enum ServiceError {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// `listen.unix` names an existing file that is not a socket, which binding would replace.
+    #[error("listen.unix names {}, which exists and is not a socket: remove that file or set listen.unix to another path", path.display())]
+    NotASocket {
+        /// The path of `listen.unix`.
+        path: PathBuf,
     },
 
     /// A signal handler could not be installed.
@@ -162,7 +187,7 @@ impl Service {
 /// goes on.
 pub async fn serve(config: Config) -> Result<(), ServiceError> {
     // Data folders and the secrets key.
-    prepare_data_dir(&config)?;
+    let _lock = prepare_data_dir(&config)?;
     let cipher = keys::load_key(&config)?;
 
     // Store, executor and dispatcher.
@@ -186,6 +211,7 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
         max_stdout_bytes: config.jobs.max_stdout_bytes,
         stderr_tail_bytes: config.jobs.stderr_tail_bytes,
         stderr_tail_lines: config.jobs.stderr_tail_lines,
+        max_message_bytes: config.jobs.max_message_bytes,
         limits: config.limits.clone(),
     };
     let dispatcher = Dispatcher::with_defaults(executor, defaults).with_job_ids(job_ids);
@@ -215,7 +241,7 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
         executor = service.executor().name(),
         data_dir = %service.config.data_dir.display(),
         unix = %service.config.listen.unix.display(),
-        tcp = ?service.config.listen.tcp,
+        tcp = service.config.listen.tcp.map(tracing::field::display),
         "agentrun service ready"
     );
     notify::ready();
@@ -256,12 +282,11 @@ async fn shutdown(
         signal,
         running_jobs = running,
         grace_secs = grace.as_secs(),
-        "stopping: no new connections or jobs are accepted"
+        "stopping: new jobs and changes are rejected; reads are served until running jobs end"
     );
     notify::stopping();
     service.stopping.cancel();
     service.pool.stop();
-    servers.stop_accepting();
     if !startup.is_finished() {
         // Recovery waits on the runtime; what it has not finished stays `running` in the store
         // and is recovered at the next start.
@@ -283,11 +308,9 @@ async fn shutdown(
         }
     }
 
+    // The listeners stay open during the drain, so that clients can follow their jobs.
+    servers.stop_accepting();
     servers.finish(Duration::from_secs(5)).await;
-    let socket = &service.config.listen.unix;
-    if !socket.as_os_str().is_empty() {
-        let _ = std::fs::remove_file(socket);
-    }
     service.tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), service.tasks.wait())
         .await
@@ -298,8 +321,9 @@ async fn shutdown(
     tracing::info!("agentrun service stopped");
 }
 
-/// Creates the data folder (mode 0700 when created here), `packages/` and an empty `tmp/`.
-fn prepare_data_dir(config: &Config) -> Result<(), ServiceError> {
+/// Creates the data folder (mode 0700 when created here), takes its lock, and creates
+/// `packages/` and an empty `tmp/`. The lock is held until the returned value is dropped.
+fn prepare_data_dir(config: &Config) -> Result<lock::DataDirLock, ServiceError> {
     let data_error = |path: &Path| {
         let path = path.to_owned();
         move |source| ServiceError::DataDir { path, source }
@@ -310,6 +334,8 @@ fn prepare_data_dir(config: &Config) -> Result<(), ServiceError> {
         std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
             .map_err(data_error(data))?;
     }
+    // Before anything in the folder changes: another service may be using it.
+    let lock = lock::lock_data_dir(data)?;
     let packages = config.packages_dir();
     std::fs::create_dir_all(&packages).map_err(data_error(&packages))?;
 
@@ -319,5 +345,5 @@ fn prepare_data_dir(config: &Config) -> Result<(), ServiceError> {
         std::fs::remove_dir_all(&temp).map_err(data_error(&temp))?;
     }
     std::fs::create_dir_all(&temp).map_err(data_error(&temp))?;
-    Ok(())
+    Ok(lock)
 }

@@ -94,16 +94,19 @@ impl Pool {
         true
     }
 
-    /// Cancels every running job of an integration and returns how many there were.
-    pub(crate) fn cancel_integration(&self, agent_id: Uuid, reason: CancelReason) -> usize {
+    /// Cancels every running job of an integration and returns their ids.
+    pub(crate) fn cancel_integration(&self, agent_id: Uuid, reason: CancelReason) -> Vec<u64> {
         let mut running = self.lock();
-        let mut count = 0;
-        for job in running.values_mut().filter(|job| job.agent_id == agent_id) {
+        let mut ids = Vec::new();
+        for (id, job) in running
+            .iter_mut()
+            .filter(|(_, job)| job.agent_id == agent_id)
+        {
             job.reason.get_or_insert(reason);
             job.cancel.cancel();
-            count += 1;
+            ids.push(*id);
         }
-        count
+        ids
     }
 
     /// Cancels every running job.
@@ -128,6 +131,25 @@ impl Pool {
                     Some(agent_id) => running.values().any(|job| job.agent_id == agent_id),
                     None => !running.is_empty(),
                 }
+            };
+            if !busy {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Waits until none of the jobs `ids` runs, at most `timeout`. Returns true when that
+    /// happened in time.
+    pub(crate) async fn wait_ended(&self, ids: &[u64], timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.finished.notified();
+            let busy = {
+                let running = self.lock();
+                ids.iter().any(|id| running.contains_key(id))
             };
             if !busy {
                 return true;
@@ -228,7 +250,15 @@ async fn run(service: &Service, job: JobRecord, cancel: CancellationToken) -> Jo
                 "the integration was deleted before the job started".to_owned(),
             )
         }
-        Err(error) => return failure(JobState::Error, format!("reading the integration: {error}")),
+        Err(error) => {
+            return failure(
+                JobState::Error,
+                format!(
+                    "reading the integration failed: {}",
+                    crate::error::error_chain(&error)
+                ),
+            )
+        }
     };
     let Some(prepared) = record.prepared.clone() else {
         return failure(
@@ -270,8 +300,9 @@ async fn run(service: &Service, job: JobRecord, cancel: CancellationToken) -> Jo
             format!("the values no longer fit the integration's form, which changed after the job was submitted: {errors}"),
         ),
         Err(error) => {
-            tracing::error!(error = %error, "the executor failed to run the job");
-            failure(JobState::Error, error.to_string())
+            let text = crate::error::error_chain(&error);
+            tracing::error!(error = %text, "the executor failed to run the job");
+            failure(JobState::Error, text)
         }
     }
 }

@@ -2,14 +2,16 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use agentrun_executor::Prepared;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{now_ms, EnvCipher, Store, StoreError};
-use crate::manifest::Manifest;
+use super::{now_ms, Codecs, Store, StoreError};
+use crate::manifest::{Manifest, ManifestError};
 
 /// The state of an integration's package build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -136,11 +138,55 @@ fn split_env(manifest: &Manifest) -> (Manifest, Vec<(String, String)>) {
     (stored, env)
 }
 
+/// Parsed manifests by agentID, each with the JSON text it was parsed from.
+///
+/// Parsing a stored manifest validates it again, which compiles every field's regex, and a
+/// large regex takes tens of milliseconds to compile. Lists such as `GET /v1/integrations`
+/// and `/metrics` read every integration, so they reuse the parsed manifest while the stored
+/// text is unchanged. Clones share the compiled regexes.
+#[derive(Debug, Default)]
+pub(super) struct ManifestCache {
+    entries: Mutex<HashMap<Uuid, (String, Manifest)>>,
+    /// Number of manifests parsed from stored text, for tests.
+    parses: AtomicU64,
+}
+
+impl ManifestCache {
+    /// Returns the manifest stored as `json` for `agent_id`, parsing it only when the cache
+    /// has no manifest of that text.
+    fn parse(&self, agent_id: Uuid, json: &str) -> Result<Manifest, ManifestError> {
+        if let Some((text, manifest)) = self.lock().get(&agent_id) {
+            if text == json {
+                return Ok(manifest.clone());
+            }
+        }
+        let manifest = Manifest::from_stored_json(json.as_bytes())?;
+        self.parses.fetch_add(1, Ordering::Relaxed);
+        self.remember(agent_id, json.to_owned(), manifest.clone());
+        Ok(manifest)
+    }
+
+    /// Records the manifest that `json` stores for `agent_id`.
+    fn remember(&self, agent_id: Uuid, json: String, manifest: Manifest) {
+        self.lock().insert(agent_id, (json, manifest));
+    }
+
+    /// Drops the manifest of a deleted integration.
+    fn forget(&self, agent_id: Uuid) {
+        self.lock().remove(&agent_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (String, Manifest)>> {
+        // Every critical section is a single map operation, so a poisoned map is consistent.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 const COLUMNS: &str = "agent_id, name, manifest, digest, package_root, state, build_error, \
                        prepared, env, created_ms, updated_ms, health_checked_ms, health_healthy, \
                        health_report";
 
-fn read_row(row: &Row<'_>, cipher: &EnvCipher) -> Result<IntegrationRecord, StoreError> {
+fn read_row(row: &Row<'_>, codecs: &Codecs) -> Result<IntegrationRecord, StoreError> {
     let sqlite = StoreError::sqlite("reading an integration");
     let agent_id: String = row.get(0).map_err(sqlite)?;
     let corrupt = |what: &'static str, message: String| StoreError::Corrupt {
@@ -155,7 +201,9 @@ fn read_row(row: &Row<'_>, cipher: &EnvCipher) -> Result<IntegrationRecord, Stor
 
     let id = Uuid::parse_str(&agent_id).map_err(|error| corrupt("agent_id", error.to_string()))?;
     let name = text(get(1)?);
-    let manifest = Manifest::from_stored_json(text(get(2)?).as_bytes())
+    let manifest = codecs
+        .manifests
+        .parse(id, &text(get(2)?))
         .map_err(|error| corrupt("manifest", error.to_string()))?;
     let state_text = text(get(5)?);
     let state = BuildState::parse(&state_text)
@@ -170,7 +218,7 @@ fn read_row(row: &Row<'_>, cipher: &EnvCipher) -> Result<IntegrationRecord, Stor
         rusqlite::types::Value::Blob(blob) => blob,
         _ => Vec::new(),
     };
-    let env = cipher.open_env(&id, &env_blob)?;
+    let env = codecs.cipher.open_env(&id, &env_blob)?;
     let health = match (get(11)?, get(12)?, optional_text(get(13)?)) {
         (
             rusqlite::types::Value::Integer(checked_ms),
@@ -260,7 +308,7 @@ fn manifest_json(manifest: &Manifest) -> String {
 
 pub(super) fn get(
     connection: &Connection,
-    cipher: &EnvCipher,
+    codecs: &Codecs,
     agent_id: &Uuid,
 ) -> Result<Option<IntegrationRecord>, StoreError> {
     let mut statement = connection
@@ -275,12 +323,18 @@ pub(super) fn get(
         .next()
         .map_err(StoreError::sqlite("reading an integration"))?
     {
-        Some(row) => read_row(row, cipher).map(Some),
+        Some(row) => read_row(row, codecs).map(Some),
         None => Ok(None),
     }
 }
 
 impl Store {
+    /// Returns the number of manifests parsed from stored text since the store was opened.
+    #[cfg(test)]
+    pub(crate) fn manifest_parses(&self) -> u64 {
+        self.manifests.parses.load(Ordering::Relaxed)
+    }
+
     /// Inserts a new integration in state `building`, with the manifest's `[env]` as its env.
     ///
     /// # Errors
@@ -291,7 +345,7 @@ impl Store {
         &self,
         new: NewIntegration,
     ) -> Result<IntegrationRecord, StoreError> {
-        self.call(move |connection, cipher| {
+        self.call(move |connection, codecs| {
             let transaction = connection
                 .transaction()
                 .map_err(StoreError::sqlite("inserting an integration"))?;
@@ -308,6 +362,7 @@ impl Store {
             }
 
             let (manifest, env) = split_env(&new.manifest);
+            let json = manifest_json(&manifest);
             let now = now_ms();
             transaction
                 .execute(
@@ -318,15 +373,16 @@ impl Store {
                         new.agent_id.to_string(),
                         manifest.name,
                         name_key(&manifest.name),
-                        manifest_json(&manifest),
+                        json,
                         new.digest,
                         new.package_root.to_string_lossy(),
-                        cipher.seal_env(&new.agent_id, &env),
+                        codecs.cipher.seal_env(&new.agent_id, &env),
                         now,
                     ],
                 )
                 .map_err(StoreError::sqlite("inserting an integration"))?;
-            let record = get(&transaction, cipher, &new.agent_id)?;
+            codecs.manifests.remember(new.agent_id, json, manifest);
+            let record = get(&transaction, codecs, &new.agent_id)?;
             transaction
                 .commit()
                 .map_err(StoreError::sqlite("inserting an integration"))?;
@@ -344,7 +400,7 @@ impl Store {
         &self,
         agent_id: Uuid,
     ) -> Result<Option<IntegrationRecord>, StoreError> {
-        self.call(move |connection, cipher| get(connection, cipher, &agent_id))
+        self.call(move |connection, codecs| get(connection, codecs, &agent_id))
             .await
     }
 
@@ -354,7 +410,7 @@ impl Store {
     ///
     /// Database and decryption failures.
     pub async fn integrations(&self) -> Result<Vec<IntegrationRecord>, StoreError> {
-        self.call(|connection, cipher| {
+        self.call(|connection, codecs| {
             let mut statement = connection
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM integrations ORDER BY name_key"
@@ -368,7 +424,7 @@ impl Store {
                 .next()
                 .map_err(StoreError::sqlite("listing integrations"))?
             {
-                records.push(read_row(row, cipher)?);
+                records.push(read_row(row, codecs)?);
             }
             Ok(records)
         })
@@ -378,8 +434,9 @@ impl Store {
     /// Replaces an integration's manifest and package and sets it to `building`. Returns the
     /// record as it was before, or `None` when there is no such integration.
     ///
-    /// The stored env is kept; variables that the new manifest's `[env]` adds are appended with
-    /// the manifest's values.
+    /// The stored env is kept, and a stored value wins over the new manifest's `[env]` value for
+    /// the same key, because stored values were set on purpose. Keys that only the new manifest
+    /// has are appended with its values.
     ///
     /// # Errors
     ///
@@ -391,14 +448,15 @@ impl Store {
         digest: String,
         package_root: PathBuf,
     ) -> Result<Option<IntegrationRecord>, StoreError> {
-        self.call(move |connection, cipher| {
+        self.call(move |connection, codecs| {
             let transaction = connection
                 .transaction()
                 .map_err(StoreError::sqlite("replacing a package"))?;
-            let Some(previous) = get(&transaction, cipher, &agent_id)? else {
+            let Some(previous) = get(&transaction, codecs, &agent_id)? else {
                 return Ok(None);
             };
             let (manifest, manifest_env) = split_env(&manifest);
+            let json = manifest_json(&manifest);
             let mut env = previous.env.clone();
             for (key, value) in manifest_env {
                 if !env.iter().any(|(existing, _)| *existing == key) {
@@ -413,10 +471,10 @@ impl Store {
                     params![
                         agent_id.to_string(),
                         manifest.name,
-                        manifest_json(&manifest),
+                        json,
                         digest,
                         package_root.to_string_lossy(),
-                        cipher.seal_env(&agent_id, &env),
+                        codecs.cipher.seal_env(&agent_id, &env),
                         now_ms(),
                     ],
                 )
@@ -424,6 +482,7 @@ impl Store {
             transaction
                 .commit()
                 .map_err(StoreError::sqlite("replacing a package"))?;
+            codecs.manifests.remember(agent_id, json, manifest);
             Ok(Some(previous))
         })
         .await
@@ -480,11 +539,11 @@ impl Store {
         agent_id: Uuid,
         patch: Vec<(String, Option<String>)>,
     ) -> Result<Option<IntegrationRecord>, StoreError> {
-        self.call(move |connection, cipher| {
+        self.call(move |connection, codecs| {
             let transaction = connection
                 .transaction()
                 .map_err(StoreError::sqlite("updating env"))?;
-            let Some(record) = get(&transaction, cipher, &agent_id)? else {
+            let Some(record) = get(&transaction, codecs, &agent_id)? else {
                 return Ok(None);
             };
             let env = apply_env_patch(record.env, patch);
@@ -493,12 +552,12 @@ impl Store {
                     "UPDATE integrations SET env = ?2, updated_ms = ?3 WHERE agent_id = ?1",
                     params![
                         agent_id.to_string(),
-                        cipher.seal_env(&agent_id, &env),
+                        codecs.cipher.seal_env(&agent_id, &env),
                         now_ms()
                     ],
                 )
                 .map_err(StoreError::sqlite("updating env"))?;
-            let updated = get(&transaction, cipher, &agent_id)?;
+            let updated = get(&transaction, codecs, &agent_id)?;
             transaction
                 .commit()
                 .map_err(StoreError::sqlite("updating env"))?;
@@ -542,11 +601,11 @@ impl Store {
         &self,
         agent_id: Uuid,
     ) -> Result<Option<(IntegrationRecord, usize)>, StoreError> {
-        self.call(move |connection, cipher| {
+        self.call(move |connection, codecs| {
             let transaction = connection
                 .transaction()
                 .map_err(StoreError::sqlite("deleting an integration"))?;
-            let Some(record) = get(&transaction, cipher, &agent_id)? else {
+            let Some(record) = get(&transaction, codecs, &agent_id)? else {
                 return Ok(None);
             };
             transaction
@@ -566,6 +625,7 @@ impl Store {
             transaction
                 .commit()
                 .map_err(StoreError::sqlite("deleting an integration"))?;
+            codecs.manifests.forget(agent_id);
             Ok(Some((record, cancelled)))
         })
         .await

@@ -334,6 +334,26 @@ impl Store {
         self.call(move |connection, _| get(connection, id)).await
     }
 
+    /// Returns true when an integration `agent_id` exists or any stored job belongs to one, as
+    /// the jobs of a deleted integration still do.
+    ///
+    /// # Errors
+    ///
+    /// Database failures.
+    pub async fn is_agent_recorded(&self, agent_id: Uuid) -> Result<bool, StoreError> {
+        self.call(move |connection, _| {
+            connection
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM integrations WHERE agent_id = ?1) \
+                     OR EXISTS (SELECT 1 FROM jobs WHERE agent_id = ?1)",
+                    [agent_id.to_string()],
+                    |row| row.get::<_, bool>(0),
+                )
+                .map_err(StoreError::sqlite("looking up an agentID"))
+        })
+        .await
+    }
+
     /// Lists jobs, newest first.
     ///
     /// # Errors

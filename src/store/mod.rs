@@ -26,11 +26,12 @@ mod schema;
 pub mod secrets;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 
+use integrations::ManifestCache;
 pub use integrations::{BuildState, HealthRecord, IntegrationRecord, NewIntegration};
 pub use jobs::{ClaimLimits, JobFilter, JobFinish, JobRecord, JobState, NewJob, StateCount};
 pub use secrets::{EnvCipher, SecretsError};
@@ -129,11 +130,21 @@ impl StoreError {
 
 type Operation = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// What an operation on the store thread uses besides the connection.
+struct Codecs {
+    /// Seals and opens env values.
+    cipher: EnvCipher,
+    /// Manifests already parsed, so that reading an integration does not validate its
+    /// manifest (and compile its regexes) again.
+    manifests: Arc<ManifestCache>,
+}
+
 /// A handle to the store. Cloning it is cheap; all clones share one database thread.
 #[derive(Clone, Debug)]
 pub struct Store {
     sender: mpsc::Sender<Operation>,
     cipher: EnvCipher,
+    manifests: Arc<ManifestCache>,
     path: PathBuf,
 }
 
@@ -169,6 +180,7 @@ impl Store {
         Ok(Self {
             sender,
             cipher,
+            manifests: Arc::default(),
             path: path.to_owned(),
         })
     }
@@ -187,13 +199,16 @@ impl Store {
     async fn call<T, F>(&self, operation: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection, &EnvCipher) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection, &Codecs) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, receive) = tokio::sync::oneshot::channel();
-        let cipher = self.cipher.clone();
+        let codecs = Codecs {
+            cipher: self.cipher.clone(),
+            manifests: Arc::clone(&self.manifests),
+        };
         self.sender
             .send(Box::new(move |connection: &mut Connection| {
-                let _ = reply.send(operation(connection, &cipher));
+                let _ = reply.send(operation(connection, &codecs));
             }))
             .map_err(|_| StoreError::Closed)?;
         receive.await.map_err(|_| StoreError::Closed)?

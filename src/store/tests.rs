@@ -100,6 +100,54 @@ async fn integration_round_trips_with_env_apart() {
     assert_eq!(listed[0].agent_id, agent_id_for("slack"));
 }
 
+/// Reading integrations reuses the manifest parsed at insert, replacement or the first read:
+/// lists do not validate manifests (and compile their regexes) again.
+#[tokio::test]
+async fn reads_do_not_parse_manifests_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = key();
+    let store = open(dir.path(), &key);
+    ready(&store, "a").await;
+    for _ in 0..3 {
+        store.integrations().await.expect("list");
+        store
+            .integration(agent_id_for("a"))
+            .await
+            .expect("get")
+            .expect("exists");
+    }
+    assert_eq!(store.manifest_parses(), 0);
+
+    let mut replacement = manifest("a");
+    replacement.take_user_input = false;
+    store
+        .replace_package(
+            agent_id_for("a"),
+            replacement,
+            "d2".to_owned(),
+            PathBuf::from("/p"),
+        )
+        .await
+        .expect("replace")
+        .expect("exists");
+    let record = store
+        .integration(agent_id_for("a"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(!record.manifest.take_user_input);
+    assert_eq!(store.manifest_parses(), 0);
+
+    // A new process parses each stored manifest once.
+    drop(store);
+    let store = open(dir.path(), &key);
+    for _ in 0..3 {
+        let records = store.integrations().await.expect("list");
+        assert!(!records[0].manifest.take_user_input);
+    }
+    assert_eq!(store.manifest_parses(), 1);
+}
+
 #[tokio::test]
 async fn integration_name_unique_ignoring_case() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -273,6 +321,10 @@ async fn replace_package_keeps_env_and_rebuilds() {
     replacement
         .env
         .insert("EXTRA".to_owned(), "from-manifest".to_owned());
+    // A stored value wins over the replacement manifest's value for the same key.
+    replacement
+        .env
+        .insert("url".to_owned(), "manifest-default".to_owned());
     let previous = store
         .replace_package(
             agent_id_for("slack"),
@@ -584,6 +636,34 @@ async fn delete_cancels_queued_jobs() {
         .await
         .expect("get")
         .is_none());
+}
+
+/// An agentID is recorded while its integration exists, and afterwards through its jobs.
+#[tokio::test]
+async fn agent_recorded_by_integration_or_jobs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), &key());
+    ready(&store, "a").await;
+    ready(&store, "b").await;
+    store.insert_job(new_job(1, "a"), 10).await.expect("insert");
+    store
+        .delete_integration(agent_id_for("a"))
+        .await
+        .expect("delete")
+        .expect("existed");
+
+    let recorded = |name: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .is_agent_recorded(agent_id_for(name))
+                .await
+                .expect("query")
+        }
+    };
+    assert!(recorded("a").await, "deleted, with a job");
+    assert!(recorded("b").await, "registered, without jobs");
+    assert!(!recorded("c").await, "never registered");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use axum::http::{header, StatusCode};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use super::error::{ApiError, FieldError};
 use crate::forms::Context;
@@ -120,6 +121,38 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
             ApiError::bad_request(format!("the request body is not valid JSON: {error}"))
         }
     })
+}
+
+/// The members of a JSON object in the order given, duplicate names included.
+///
+/// `serde_json::Map` keeps only the last of two members with the same name, so a request
+/// could not be told that it gave a key twice. Handlers that must reject duplicates read this
+/// instead and check the names themselves.
+#[derive(Debug, Default)]
+pub(crate) struct JsonMembers(pub(crate) Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for JsonMembers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = JsonMembers;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonMembers, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1024));
+                while let Some(member) = map.next_entry::<String, Value>()? {
+                    members.push(member);
+                }
+                Ok(JsonMembers(members))
+            }
+        }
+
+        deserializer.deserialize_map(MembersVisitor)
+    }
 }
 
 /// Deserializes a job's UI context, which must be a JSON object.

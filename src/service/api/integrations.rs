@@ -1,6 +1,6 @@
 //! Handlers for `/v1/integrations`, `/v1/actions`, forms and health.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
@@ -14,8 +14,9 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
-use super::extract::{context_object, ApiJson};
+use super::extract::{context_object, ApiJson, JsonMembers};
 use super::multipart;
+use super::reject_when_stopping;
 use super::views::{HealthView, IntegrationView};
 use crate::forms::{self, Context};
 use crate::manifest::{is_env_name, Section, SectionElement};
@@ -55,6 +56,7 @@ pub(crate) async fn register(
     State(service): State<Arc<Service>>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let upload = read_upload(&service, request).await?;
     let record = integrations::register(&service, upload).await?;
     Ok(created(&record))
@@ -66,6 +68,7 @@ pub(crate) async fn replace_package(
     Path(id): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let agent_id = parse_agent_id(&id)?;
     let upload = read_upload(&service, request).await?;
     let record = integrations::replace(&service, agent_id, upload).await?;
@@ -206,6 +209,7 @@ pub(crate) async fn delete(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let agent_id = parse_agent_id(&id)?;
     let record = integrations::delete(&service, agent_id).await?;
     Ok(Json(IntegrationView::from(&record)).into_response())
@@ -216,14 +220,25 @@ pub(crate) async fn delete(
 pub(crate) async fn update_env(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
-    ApiJson(patch): ApiJson<serde_json::Map<String, Value>>,
+    ApiJson(patch): ApiJson<JsonMembers>,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let agent_id = parse_agent_id(&id)?;
-    let mut changes = Vec::with_capacity(patch.len());
+    let mut changes = Vec::with_capacity(patch.0.len());
     let mut problems = Vec::new();
     let mut problem_count = 0;
-    for (key, value) in patch {
-        match env_change(key, value) {
+    let mut seen = HashSet::with_capacity(patch.0.len());
+    for (key, value) in patch.0 {
+        let change = if seen.insert(key.clone()) {
+            env_change(key, value)
+        } else {
+            Err(FieldError {
+                message: format!("env variable {key:?} is given twice; give each variable once"),
+                field: key,
+                rule: Some("duplicate".to_owned()),
+            })
+        };
+        match change {
             Ok(change) => changes.push(change),
             Err(problem) => {
                 problem_count += 1;
@@ -318,13 +333,7 @@ pub(crate) async fn actions(
     State(service): State<Arc<Service>>,
     query: Result<Query<ActionsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|rejection| {
-        ApiError::unprocessable(
-            "invalid_query",
-            format!("invalid query: {}", rejection.body_text()),
-            Vec::new(),
-        )
-    })?;
+    let Query(query) = query.map_err(|rejection| super::jobs::query_error(&rejection))?;
     let section = parse_section(query.section.as_deref())?;
     let (section, element) = parse_element(section, query.section_element.as_deref())?;
     let element_type = query.section_element_type.filter(|text| !text.is_empty());
@@ -524,6 +533,7 @@ pub(crate) async fn describe(
     State(service): State<Arc<Service>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let record = load(&service, &id).await?;
     if record.state != BuildState::Ready {
         return Err(ApiError::conflict(format!(

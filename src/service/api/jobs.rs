@@ -14,10 +14,13 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::error::{ApiError, FieldError, MAX_FIELD_ERRORS};
-use super::extract::{context_object, ApiJson};
+use super::extract::{context_object, ApiJson, JsonMembers};
 use super::integrations::parse_agent_id;
+use super::reject_when_stopping;
 use super::views::JobView;
-use crate::forms::{self, Context};
+use crate::dispatcher;
+use crate::error::Error;
+use crate::forms::Context;
 use crate::manifest::Manifest;
 use crate::protocol::agent_id_for;
 use crate::service::integrations::check_accepts_jobs;
@@ -36,9 +39,10 @@ const CANCEL_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitBody {
-    /// Field values by name.
+    /// Field values by name, in the order given. A name given twice is kept twice, so that
+    /// the form check rejects it.
     #[serde(default)]
-    values: serde_json::Map<String, serde_json::Value>,
+    values: JsonMembers,
     /// The UI context, with the CLI's keys.
     #[serde(default, deserialize_with = "context_object")]
     context: Context,
@@ -61,12 +65,30 @@ fn job_response(status: StatusCode, job: &JobRecord) -> Response {
         .into_response()
 }
 
-fn query_error(rejection: &QueryRejection) -> ApiError {
-    ApiError::unprocessable(
-        "invalid_query",
-        format!("invalid query: {}", rejection.body_text()),
-        Vec::new(),
-    )
+/// Turns a query that does not parse into a 422 like the other invalid queries: one entry in
+/// `errors` for the parameter, when the parser names it.
+pub(crate) fn query_error(rejection: &QueryRejection) -> ApiError {
+    let text = rejection.body_text();
+    let detail = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text);
+    let parameter = detail.split_once(": ").and_then(|(name, _)| {
+        let is_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        is_name.then(|| name.to_owned())
+    });
+    let message = format!("invalid query: {detail}");
+    let errors = parameter
+        .map(|field| FieldError {
+            field,
+            message: message.clone(),
+            rule: None,
+        })
+        .into_iter()
+        .collect();
+    ApiError::unprocessable("invalid_query", message, errors)
 }
 
 /// `POST /v1/integrations/{id}/jobs[?wait=true]`: validates the values (422 with one entry per
@@ -78,6 +100,7 @@ pub(crate) async fn submit(
     query: Result<Query<SubmitQuery>, QueryRejection>,
     ApiJson(body): ApiJson<SubmitBody>,
 ) -> Result<Response, ApiError> {
+    reject_when_stopping(&service)?;
     let Query(query) = query.map_err(|rejection| query_error(&rejection))?;
     let agent_id = parse_agent_id(&id)?;
     let record = service
@@ -88,10 +111,10 @@ pub(crate) async fn submit(
     check_accepts_jobs(&record)?;
 
     // Values must be strings; everything else is reported per field like a broken rule.
-    let mut values = Vec::with_capacity(body.values.len());
+    let mut values = Vec::with_capacity(body.values.0.len());
     let mut problems = Vec::new();
     let mut problem_count = 0;
-    for (name, value) in body.values {
+    for (name, value) in body.values.0 {
         match value {
             serde_json::Value::String(text) => values.push((name, text)),
             _ => {
@@ -115,10 +138,30 @@ pub(crate) async fn submit(
         ));
     }
     let dropped = drop_excess_unknown(&record.manifest, &mut values);
-    forms::resolve(&record.manifest, &values, &body.context).map_err(|errors| {
-        let total = errors.errors.len() + dropped;
-        ApiError::form_values(errors, total)
-    })?;
+    // The job id is drawn after the check, so the check uses the longest id.
+    let checked = dispatcher::work_message(
+        &record.manifest,
+        agent_id,
+        u64::MAX,
+        &values,
+        &body.context,
+        service.config().jobs.max_message_bytes,
+    );
+    match checked {
+        Ok(_) => {}
+        Err(Error::Form(errors)) => {
+            let total = errors.errors.len() + dropped;
+            return Err(ApiError::form_values(errors, total));
+        }
+        Err(Error::MessageTooLarge(error)) => {
+            return Err(ApiError::unprocessable(
+                "message_too_large",
+                error.to_string(),
+                Vec::new(),
+            ))
+        }
+        Err(error) => return Err(ApiError::internal(&error)),
+    }
 
     // Subscribe before the insert, so that a job that ends at once is not missed.
     let mut finished = service.events.subscribe();
@@ -182,6 +225,9 @@ fn drop_excess_unknown(manifest: &Manifest, values: &mut Vec<(String, String)>) 
 
 /// Waits until job `id` has a final state, at most `wait`, or until the service stops, and
 /// returns its record as it is then.
+///
+/// The record is read again when the wait ends without the job's end, because the job may have
+/// started meanwhile and the caller must not report the state it had before the wait.
 async fn wait_for_end(
     service: &Service,
     id: u64,
@@ -190,29 +236,32 @@ async fn wait_for_end(
 ) -> Result<JobRecord, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let job = service
-            .store()
-            .job(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("job", id))?;
+        let job = read_job(service, id).await?;
         if job.state.is_final() {
             return Ok(job);
         }
         loop {
             let event = tokio::select! {
                 event = tokio::time::timeout_at(deadline, finished.recv()) => event,
-                () = service.stopping.cancelled() => return Ok(job),
+                () = service.stopping.cancelled() => return read_job(service, id).await,
             };
             match event {
-                Err(_) => return Ok(job),
+                Err(_) | Ok(Err(RecvError::Closed)) => return read_job(service, id).await,
                 Ok(Ok(finished_id)) if finished_id == id => break,
                 Ok(Ok(_)) => {}
                 // Missed notifications: read the store again.
                 Ok(Err(RecvError::Lagged(_))) => break,
-                Ok(Err(RecvError::Closed)) => return Ok(job),
             }
         }
     }
+}
+
+async fn read_job(service: &Service, id: u64) -> Result<JobRecord, ApiError> {
+    service
+        .store()
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("job", id))
 }
 
 fn parse_job_id(id: &str) -> Result<u64, ApiError> {
@@ -251,10 +300,17 @@ pub(crate) async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|rejection| query_error(&rejection))?;
-    let agent_id = query
-        .integration
-        .filter(|text| !text.is_empty())
-        .map(|text| Uuid::parse_str(&text).unwrap_or_else(|_| agent_id_for(&text)));
+    let integration = query.integration.filter(|text| !text.is_empty());
+    let agent_id = match &integration {
+        Some(text) => {
+            let agent_id = Uuid::parse_str(text).unwrap_or_else(|_| agent_id_for(text));
+            if !service.store().is_agent_recorded(agent_id).await? {
+                return Err(ApiError::not_found("integration", format!("{text:?}")));
+            }
+            Some(agent_id)
+        }
+        None => None,
+    };
     let state = match query.state.filter(|text| !text.is_empty()) {
         Some(text) => Some(JobState::parse(&text).ok_or_else(|| {
             let allowed: Vec<&str> = JobState::ALL.iter().map(|state| state.as_str()).collect();

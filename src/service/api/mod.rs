@@ -14,7 +14,7 @@ mod jobs;
 mod multipart;
 mod views;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -120,8 +120,7 @@ async fn check_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         Some(given) if !expected.is_empty() && constant_time_eq(given, expected) => {
             next.run(request).await
@@ -141,6 +140,13 @@ async fn check_token(
     }
 }
 
+/// Returns the token of an `Authorization: Bearer <token>` value. The scheme is matched
+/// regardless of case, because HTTP authentication schemes are case-insensitive (RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Compares two strings in time that depends on their lengths only.
 fn constant_time_eq(left: &str, right: &str) -> bool {
     let (left, right) = (left.as_bytes(), right.as_bytes());
@@ -151,6 +157,20 @@ fn constant_time_eq(left: &str, right: &str) -> bool {
         .zip(right)
         .fold(0u8, |difference, (a, b)| difference | (a ^ b))
         == 0
+}
+
+/// Rejects a request that would start work or change an integration once the service is
+/// stopping, with 503. Reads go on being served until the running jobs have ended.
+pub(crate) fn reject_when_stopping(service: &Service) -> Result<(), ApiError> {
+    if service.stopping.is_cancelled() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the service is stopping and accepts no new jobs or changes; retry once it runs \
+             again",
+        ));
+    }
+    Ok(())
 }
 
 async fn healthz(State(service): State<Arc<Service>>) -> Response {
@@ -221,6 +241,8 @@ async fn method_not_allowed(request: Request) -> ApiError {
 pub(crate) struct Servers {
     stop: CancellationToken,
     handles: Vec<tokio::task::JoinHandle<()>>,
+    /// The Unix socket file, removed by [`Servers::finish`].
+    socket: Option<SocketFile>,
 }
 
 impl Servers {
@@ -230,13 +252,16 @@ impl Servers {
     }
 
     /// Waits for the servers and their connections to end, at most `timeout`, then drops what
-    /// is left.
+    /// is left and removes the Unix socket file that [`listen`] created.
     pub(crate) async fn finish(self, timeout: Duration) {
         for handle in self.handles {
             let abort = handle.abort_handle();
             if tokio::time::timeout(timeout, handle).await.is_err() {
                 abort.abort();
             }
+        }
+        if let Some(socket) = &self.socket {
+            socket.remove();
         }
     }
 }
@@ -287,6 +312,7 @@ async fn serve_connections<L: Acceptor>(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let mut rejected: u64 = 0;
+    let mut backoff = AcceptBackoff::default();
 
     loop {
         let accepted = tokio::select! {
@@ -294,11 +320,18 @@ async fn serve_connections<L: Acceptor>(
             () = stop.cancelled() => break,
         };
         let stream = match accepted {
-            Ok(stream) => stream,
+            Ok(stream) => {
+                backoff.succeeded(name);
+                stream
+            }
             Err(error) => {
-                // Typically EMFILE; waiting lets open connections end before the next accept.
-                tracing::error!(listener = name, error = %error, "accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Typically EMFILE or ENFILE: waiting lets open connections end and free file
+                // descriptors before the next accept, instead of failing in a busy loop.
+                let delay = backoff.failed(name, &error, std::time::Instant::now());
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.cancelled() => break,
+                }
                 continue;
             }
         };
@@ -329,6 +362,80 @@ async fn serve_connections<L: Acceptor>(
     graceful.shutdown().await;
 }
 
+/// Delay before the first retry of a failed accept.
+const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Maximum delay between retries of a failed accept.
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Minimum time between two log lines about failing accepts on one listener.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Retry delays and rate-limited logging for a listener whose accepts fail.
+///
+/// When the process runs out of file descriptors, every accept fails at once until a
+/// connection closes. The delay doubles from [`ACCEPT_RETRY_FIRST`] up to [`ACCEPT_RETRY_MAX`],
+/// and one line per [`ACCEPT_LOG_INTERVAL`] reports the failures, so the loop neither spins
+/// nor floods the log.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// Failures since the last successful accept.
+    failures: u64,
+    /// Failures not yet reported in a log line.
+    unlogged: u64,
+    /// When the last log line was written.
+    last_logged: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    /// Records a failed accept, logs it unless a line was written recently, and returns the
+    /// delay before the next accept.
+    fn failed(
+        &mut self,
+        listener: &'static str,
+        error: &std::io::Error,
+        now: std::time::Instant,
+    ) -> Duration {
+        self.failures += 1;
+        self.unlogged += 1;
+        let due = self
+            .last_logged
+            .is_none_or(|last| now.duration_since(last) >= ACCEPT_LOG_INTERVAL);
+        if due {
+            tracing::error!(
+                listener,
+                error = %error,
+                failures = self.unlogged,
+                "accepting a connection failed; retrying with a delay (the process may have run \
+                 out of file descriptors: raise LimitNOFILE or lower api.max_connections)"
+            );
+            self.unlogged = 0;
+            self.last_logged = Some(now);
+        }
+        self.delay()
+    }
+
+    /// Records a successful accept; logs the recovery after failures.
+    fn succeeded(&mut self, listener: &'static str) {
+        if self.failures > 0 {
+            tracing::info!(
+                listener,
+                failures = self.failures,
+                "accepting connections again"
+            );
+        }
+        *self = Self::default();
+    }
+
+    /// Returns the delay after the current number of failures.
+    fn delay(&self) -> Duration {
+        let doublings = u32::try_from(self.failures.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(16);
+        ACCEPT_RETRY_FIRST
+            .saturating_mul(1 << doublings)
+            .min(ACCEPT_RETRY_MAX)
+    }
+}
+
 /// Binds the configured listeners and starts serving.
 pub(crate) async fn listen(service: &Arc<Service>) -> Result<Servers, ServiceError> {
     let stop = CancellationToken::new();
@@ -336,8 +443,10 @@ pub(crate) async fn listen(service: &Arc<Service>) -> Result<Servers, ServiceErr
     let config = &service.config.listen;
     let api = service.config.api.clone();
 
+    let mut socket = None;
     if !config.unix.as_os_str().is_empty() {
-        let listener = bind_unix(&config.unix)?;
+        let (listener, file) = bind_unix(&config.unix)?;
+        socket = Some(file);
         let app = router(Arc::clone(service), false);
         handles.push(tokio::spawn(serve_connections(
             listener,
@@ -349,12 +458,23 @@ pub(crate) async fn listen(service: &Arc<Service>) -> Result<Servers, ServiceErr
     }
 
     if let Some(address) = config.tcp {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|source| ServiceError::Listen {
-                address: address.to_string(),
-                source,
-            })?;
+        let listener = match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => listener,
+            Err(source) => {
+                stop.cancel();
+                Servers {
+                    stop,
+                    handles,
+                    socket,
+                }
+                .finish(Duration::from_secs(5))
+                .await;
+                return Err(ServiceError::Listen {
+                    address: address.to_string(),
+                    source,
+                });
+            }
+        };
         let app = router(Arc::clone(service), true);
         handles.push(tokio::spawn(serve_connections(
             listener,
@@ -364,15 +484,20 @@ pub(crate) async fn listen(service: &Arc<Service>) -> Result<Servers, ServiceErr
             "tcp",
         )));
     }
-    Ok(Servers { stop, handles })
+    Ok(Servers {
+        stop,
+        handles,
+        socket,
+    })
 }
 
 /// Binds the Unix socket with mode 0660.
 ///
 /// The socket is bound under a temporary name, given its mode and then renamed into place, so
 /// no client can connect while it still has the mode the umask gave it. A stale socket file of
-/// a previous process is replaced; a socket that still accepts connections is an error.
-fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServiceError> {
+/// a previous process is replaced. A socket that still accepts connections, and a file that is
+/// not a socket, are errors.
+fn bind_unix(path: &Path) -> Result<(tokio::net::UnixListener, SocketFile), ServiceError> {
     let listen_error = |source| ServiceError::Listen {
         address: path.display().to_string(),
         source,
@@ -382,6 +507,15 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServiceError> {
         .filter(|parent| !parent.as_os_str().is_empty())
     {
         std::fs::create_dir_all(parent).map_err(listen_error)?;
+    }
+    // Only a socket may be replaced: any other file at the path is someone's data.
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if !metadata.file_type().is_socket() => {
+            return Err(ServiceError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        _ => {}
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(listen_error(std::io::Error::new(
@@ -398,5 +532,96 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, ServiceError> {
     std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o660))
         .map_err(listen_error)?;
     std::fs::rename(&temporary, path).map_err(listen_error)?;
-    Ok(listener)
+    let identity = std::fs::symlink_metadata(path)
+        .map(|metadata| SocketFile {
+            path: path.to_owned(),
+            device: metadata.dev(),
+            inode: metadata.ino(),
+        })
+        .map_err(listen_error)?;
+    Ok((listener, identity))
+}
+
+/// The socket file this process bound, identified by device and inode so that shutdown never
+/// removes a file that another process put at the same path meanwhile.
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    path: std::path::PathBuf,
+    device: u64,
+    inode: u64,
+}
+
+impl SocketFile {
+    /// Removes the socket file, unless the path now names another file.
+    fn remove(&self) {
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|metadata| {
+            metadata.file_type().is_socket()
+                && metadata.dev() == self.device
+                && metadata.ino() == self.inode
+        });
+        if !ours {
+            tracing::debug!(socket = %self.path.display(), "the socket path names another file now; it is left in place");
+            return;
+        }
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(socket = %self.path.display(), error = %error, "removing the socket failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_ignores_case() {
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc ", "Bearer\tabc"] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_token_needs_bearer_scheme() {
+        for value in ["Basic abc", "Bearerabc", "abc", ""] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
+
+    /// Delays double from 100 ms to at most 1 s, and a success starts over.
+    #[test]
+    fn accept_backoff_doubles_up_to_max() {
+        let mut backoff = AcceptBackoff::default();
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let now = std::time::Instant::now();
+        let delays: Vec<u128> = (0..6)
+            .map(|_| backoff.failed("test", &error, now).as_millis())
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+
+        backoff.succeeded("test");
+        assert_eq!(backoff.failed("test", &error, now).as_millis(), 100);
+    }
+
+    /// One line per interval reports the failures since the previous line.
+    #[test]
+    fn accept_backoff_logs_once_per_interval() {
+        let mut backoff = AcceptBackoff::default();
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let start = std::time::Instant::now();
+
+        backoff.failed("test", &error, start);
+        assert_eq!(backoff.last_logged, Some(start));
+        assert_eq!(backoff.unlogged, 0);
+
+        for _ in 0..5 {
+            backoff.failed("test", &error, start + Duration::from_secs(1));
+        }
+        assert_eq!(backoff.last_logged, Some(start));
+        assert_eq!(backoff.unlogged, 5);
+
+        let later = start + ACCEPT_LOG_INTERVAL;
+        backoff.failed("test", &error, later);
+        assert_eq!(backoff.last_logged, Some(later));
+        assert_eq!(backoff.unlogged, 0);
+    }
 }
