@@ -27,7 +27,9 @@ docker_host=unix://$docker_socket
 log() { printf 'runtimes: %s\n' "$*" >&2; }
 
 # --- Debian packages ---------------------------------------------------------------------------
-packages=(docker.io podman runc busybox-static mmdebstrap uidmap iproute2 curl python3 systemd)
+# tini is Docker's init (docker-init) and catatonit Podman's, for the executors' `init = true`.
+packages=(docker.io podman runc tini catatonit busybox-static mmdebstrap uidmap iproute2 curl
+  python3 systemd)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")

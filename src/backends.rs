@@ -95,6 +95,22 @@ pub struct BackendsConfig {
     pub podman: PodmanConfig,
 }
 
+impl BackendsConfig {
+    /// Returns the default settings with `instance` as the engine instance name of the Docker
+    /// and Podman backends.
+    pub fn with_instance(instance: &str) -> Self {
+        #[allow(unused_mut)]
+        let mut config = Self::default();
+        #[cfg(feature = "docker")]
+        instance.clone_into(&mut config.docker.instance);
+        #[cfg(feature = "podman")]
+        instance.clone_into(&mut config.podman.instance);
+        #[cfg(not(all(feature = "docker", feature = "podman")))]
+        let _ = instance;
+        config
+    }
+}
+
 /// Creates the backend `kind` from its configuration section and checks that its runtime
 /// responds.
 ///

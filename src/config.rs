@@ -37,8 +37,15 @@ pub const ENV_PREFIX: &str = "AGENTRUN_";
 /// `AGENTRUN_*` variables that are not configuration keys, lowercased and without the prefix.
 /// `AGENTRUN_CONFIG` names the configuration file (the twin of `--config`). `AGENTRUN_LOG` sets
 /// the log filter, and `AGENTRUN_LOG_FORMAT` is the twin of the CLI's `--log-format`.
+/// `AGENTRUN_CLI_INSTANCE` is the twin of the CLI's `--instance`, and
 /// `AGENTRUN_REQUIRE_RUNTIMES` belongs to the test suite.
-pub const NON_CONFIG_ENV: &[&str] = &["config", "log", "log_format", "require_runtimes"];
+pub const NON_CONFIG_ENV: &[&str] = &[
+    "cli_instance",
+    "config",
+    "log",
+    "log_format",
+    "require_runtimes",
+];
 
 /// Default for [`Config::data_dir`].
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/agentrun";

@@ -56,6 +56,10 @@ pub enum Error {
     /// The executor could not prepare the package or run the job.
     #[error(transparent)]
     Executor(#[from] ExecutorError),
+
+    /// The command got SIGINT or SIGTERM while it prepared the package, and stopped.
+    #[error("interrupted while preparing the package; the build was stopped")]
+    Interrupted,
 }
 
 impl From<ResolveError> for Error {
@@ -153,7 +157,7 @@ pub fn exit_for(outcome: Outcome<'_>) -> Exit {
             Error::Package(error) if error.is_invalid_input() => Exit::InvalidInput,
             // The engine's own file system failed while unpacking, not the user's input.
             Error::Package(_) => Exit::ExecutorUnavailable,
-            Error::Reply(_) => Exit::NoValidReply,
+            Error::Reply(_) | Error::Interrupted => Exit::NoValidReply,
             Error::Executor(error) => match error {
                 ExecutorError::InvalidPackage { .. } | ExecutorError::BuildFailed { .. } => {
                     Exit::InvalidInput

@@ -763,6 +763,77 @@ fn dockerfile_missing_comma_exits_2() {
     }
 }
 
+/// Forty `ENV` lines that each double a value would request half a terabyte. `check` and `run`
+/// stop at the value cap with an invalid package, well inside a 1 GiB address space.
+#[test]
+fn dockerfile_doubling_env_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let mut dockerfile = String::from("FROM python:3.11-slim\nENV A0=x\n");
+    for n in 1..40 {
+        dockerfile.push_str(&format!("ENV A{n}=${{A{}}}${{A{}}}\n", n - 1, n - 1));
+    }
+    dockerfile.push_str("ENTRYPOINT [\"python3\", \"/app/agent.py\"]\n");
+    let package = echo_with_dockerfile(dir.path(), &dockerfile);
+
+    for command in ["check", "run"] {
+        let output = agentrun(&[command])
+            .arg(&package)
+            .address_space_limit(1 << 30)
+            .run();
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            "line 19: substituting $A16 makes a value longer than 65536 bytes",
+        );
+    }
+}
+
+/// A NUL character in an exec-form item is a package fault (exit 2) found by `check`, not a
+/// start failure of the executor.
+#[test]
+fn dockerfile_nul_in_entrypoint_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(
+        dir.path(),
+        "FROM python:3.11-slim\nCOPY agent.py /app/agent.py\nENTRYPOINT [\"python3\", \"/app/agent.py\\u0000\"]\n",
+    );
+    for command in ["check", "run"] {
+        let output = agentrun(&[command]).arg(&package).run();
+        output.assert_exit(2);
+        assert_contains(
+            &output.stderr,
+            "ENTRYPOINT on line 3 has a NUL character in `/app/agent.py\\0`",
+        );
+    }
+}
+
+/// A Latin-1 byte in a comment is read as image builders read it, and a UTF-16 file is
+/// rejected with exit 2.
+#[test]
+fn dockerfile_encodings() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = echo_with_dockerfile(dir.path(), "");
+    fs::write(
+        package.join("Dockerfile"),
+        b"FROM python:3.11-slim\n# caf\xe9\nCOPY agent.py /app/agent.py\nENTRYPOINT [\"python3\", \"/app/agent.py\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    let output = agentrun(&["run", "--set", "message=latin-1"])
+        .arg(&package)
+        .run();
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "latin-1\n");
+
+    let mut utf16 = vec![0xff, 0xfe];
+    for unit in "FROM python:3.11-slim\nENTRYPOINT [\"python3\"]\n".encode_utf16() {
+        utf16.extend_from_slice(&unit.to_le_bytes());
+    }
+    fs::write(package.join("Dockerfile"), utf16).expect("writing the Dockerfile");
+    let output = agentrun(&["check"]).arg(&package).run();
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "the Dockerfile is encoded as UTF-16");
+}
+
 /// A select value that is not one of the options is rejected, naming the options.
 #[test]
 fn select_value_not_in_options_exits_2() {
@@ -886,6 +957,541 @@ fn containers_reject_dockerfile_without_agent() {
             "has no ENTRYPOINT or CMD that starts the agent",
         );
     }
+}
+
+/// An ENTRYPOINT program that the image does not contain or cannot execute is a package fault
+/// on Docker and Podman (exit 2, naming the program), as it is on the subprocess backend. The
+/// agent runs under an init, which reports the fault on stderr instead of runc.
+#[test]
+fn containers_missing_program_exits_2() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let cases = [
+        (
+            "ENTRYPOINT [\"/nonexistent\", \"x\"]",
+            "the agent program `/nonexistent` is not in the image",
+        ),
+        (
+            "ENTRYPOINT [\"nosuchprog\"]",
+            "the agent program `nosuchprog` is not on the image's PATH",
+        ),
+        (
+            "COPY agent.sh /agent.sh\nENTRYPOINT [\"/agent.sh\"]",
+            "the agent program `/agent.sh` is not executable in the image",
+        ),
+    ];
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "containers_missing_program_exits_2") {
+            continue;
+        }
+        for (instructions, expected) in cases {
+            let package = dir.path().join("missing");
+            fs::create_dir_all(&package).expect("creating the package folder");
+            // A script without the executable mode, for the third case.
+            fs::write(package.join("agent.sh"), "echo\n").expect("writing the script");
+            fs::write(
+                package.join("Dockerfile"),
+                format!("FROM agentrun-busybox:latest\n{instructions}\n"),
+            )
+            .expect("writing the Dockerfile");
+
+            let output = agentrun(&["run", "--network", "none", "--executor", kind.as_str()])
+                .arg(&package)
+                .run();
+
+            output.assert_exit(2);
+            assert_contains(&output.stderr, expected);
+        }
+    }
+}
+
+/// A command labels its containers with the instance `agentrun-cli`, or the one `--instance`
+/// or `AGENTRUN_CLI_INSTANCE` names, never with the service's default `agentrun`, so that a
+/// service starting on the same runtime does not sweep a running command's container.
+#[test]
+fn containers_carry_cli_instance() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    // The folder name is the integration name, which the container's labels carry.
+    let package = dir.path().join("cli-instance");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM agentrun-busybox:latest\nENTRYPOINT [\"/bin/sh\", \"-c\", \"read line; sleep 300\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    let custom = format!("cli-test-{}", std::process::id());
+
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "containers_carry_cli_instance") {
+            continue;
+        }
+        let cases = [
+            (None, None, "agentrun-cli"),
+            (Some(custom.as_str()), None, custom.as_str()),
+            (None, Some(custom.as_str()), custom.as_str()),
+        ];
+        for (option, variable, instance) in cases {
+            let mut command = agentrun(&["run", "--network", "none", "--timeout", "600"])
+                .args(["--executor", kind.as_str()])
+                .arg(&package);
+            if let Some(name) = option {
+                command = command.args(["--instance", name]);
+            }
+            if let Some(name) = variable {
+                command = command.env("AGENTRUN_CLI_INSTANCE", name);
+            }
+            let mut child = command.spawn();
+
+            let found = wait_for_containers(kind, instance, "cli-instance", &mut child);
+            assert_eq!(found.len(), 1, "{kind}, instance {instance}: {found:?}");
+            assert!(
+                job_containers(kind, "agentrun", "cli-instance").is_empty(),
+                "{kind}: a container carries the service's instance"
+            );
+
+            // SAFETY: kill has no memory effects, and the pid is that of a child not yet waited
+            // for, so it cannot name another process.
+            let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            assert_eq!(result, 0, "sending SIGTERM to agentrun failed");
+            let status = wait_with_deadline(&mut child, CLI_TIMEOUT);
+            assert!(
+                status.is_some(),
+                "{kind}: agentrun did not exit after SIGTERM"
+            );
+            assert_eq!(
+                job_containers(kind, instance, "cli-instance"),
+                Vec::<String>::new(),
+                "{kind}: the interrupted run left its container"
+            );
+        }
+    }
+}
+
+/// An option value that is not UTF-8 is rejected with exit 2 and a message naming the option.
+#[test]
+fn non_utf8_option_names_it() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "--set",
+            b"message=\xff",
+            "the value \"message=\u{fffd}\" of --set <FIELD=VALUE>",
+        ),
+        (
+            "--context",
+            b"user-name=\xfe",
+            "of --context <KEY=VALUE> is not valid UTF-8",
+        ),
+        (
+            "--network",
+            b"\xff",
+            "of --network <MODE> is not valid UTF-8",
+        ),
+    ];
+    for (option, value, expected) in cases {
+        let output = agentrun(&["run", option])
+            .arg(OsString::from_vec(value.to_vec()))
+            .arg(example("echo"))
+            .run();
+        output.assert_exit(2);
+        assert_contains(&output.stderr, expected);
+    }
+}
+
+/// A command killed with SIGKILL cannot remove its container, so the container carries a
+/// deadline label: its creation plus the timeout plus the grace, in Unix seconds.
+#[test]
+fn killed_run_leaves_deadline_label() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("cli-killed");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM agentrun-busybox:latest\nENTRYPOINT [\"/bin/sh\", \"-c\", \"read line; sleep 300\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    let instance = format!("cli-killed-{}", std::process::id());
+    let grace = agentrun_executor::DEADLINE_GRACE.as_secs();
+
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "killed_run_leaves_deadline_label") {
+            continue;
+        }
+        let before = unix_seconds();
+        let mut child = agentrun(&["run", "--network", "none", "--timeout", "600"])
+            .args(["--executor", kind.as_str(), "--instance", &instance])
+            .arg(&package)
+            .spawn();
+        let found = wait_for_containers(kind, &instance, "cli-killed", &mut child);
+        // Child::kill sends SIGKILL, which the command cannot handle.
+        child.kill().expect("killing agentrun");
+        let _ = child.wait();
+        let after = unix_seconds();
+
+        let left = job_containers(kind, &instance, "cli-killed");
+        assert_eq!(
+            left, found,
+            "{kind}: the killed run's container should stay"
+        );
+        let deadline: u64 = container_label(kind, &left[0], agentrun_executor::LABEL_DEADLINE)
+            .parse()
+            .unwrap_or_else(|error| panic!("{kind}: deadline label is not a number: {error}"));
+        remove_containers(kind, &left);
+        assert!(
+            deadline >= before + 600 + grace && deadline <= after + 600 + grace,
+            "{kind}: deadline {deadline} outside {before}..{after} + 600 + {grace}"
+        );
+    }
+}
+
+/// Every command on Docker and Podman removes containers of any instance whose deadline label
+/// is more than a minute past, and leaves alone those whose deadline is ahead or that carry no
+/// deadline.
+#[test]
+fn expired_containers_are_swept() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("sweeper");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM agentrun-busybox:latest\nENTRYPOINT [\"/bin/true\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    let other = format!("other-engine-{}", std::process::id());
+    let now = unix_seconds();
+
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "expired_containers_are_swept") {
+            continue;
+        }
+        let expired = create_labelled(kind, &other, Some(now - 3600));
+        let ahead = create_labelled(kind, &other, Some(now + 3600));
+        let without = create_labelled(kind, &other, None);
+
+        let output = agentrun(&["build", "--executor", kind.as_str()])
+            .arg(&package)
+            .run();
+
+        let left = containers_labelled(kind, &other, "sweep-test");
+        remove_containers(kind, &left);
+        output.assert_exit(0);
+        assert!(
+            !left.contains(&expired),
+            "{kind}: the expired container stayed"
+        );
+        assert!(
+            left.contains(&ahead),
+            "{kind}: a container still in use was removed"
+        );
+        assert!(
+            left.contains(&without),
+            "{kind}: a container without deadline was removed"
+        );
+    }
+}
+
+/// Returns the seconds since the Unix epoch.
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Creates a stopped container of the busybox image with the engine label `instance`, the
+/// integration label `sweep-test` and, when given, a deadline label, and returns its short id.
+fn create_labelled(kind: ExecutorKind, instance: &str, deadline: Option<u64>) -> String {
+    let mut command = Command::new(kind.as_str());
+    command
+        .args(["create", "--network", "none", "--label"])
+        .arg(format!("{}={instance}", agentrun_executor::LABEL_ENGINE))
+        .arg("--label")
+        .arg(format!(
+            "{}=sweep-test",
+            agentrun_executor::LABEL_INTEGRATION
+        ));
+    if let Some(deadline) = deadline {
+        command
+            .arg("--label")
+            .arg(format!("{}={deadline}", agentrun_executor::LABEL_DEADLINE));
+    }
+    let output = command
+        .args(["agentrun-busybox:latest", "/bin/true"])
+        .output()
+        .unwrap_or_else(|error| panic!("running `{kind} create` failed: {error}"));
+    assert!(
+        output.status.success(),
+        "`{kind} create` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    // `ps --quiet` lists short ids, so the comparisons use the same form.
+    id.chars().take(12).collect()
+}
+
+/// Returns one label of a container, or "" when it has none of that name.
+fn container_label(kind: ExecutorKind, id: &str, name: &str) -> String {
+    let output = Command::new(kind.as_str())
+        .args(["inspect", "--format"])
+        .arg(format!("{{{{index .Config.Labels \"{name}\"}}}}"))
+        .arg(id)
+        .output()
+        .unwrap_or_else(|error| panic!("running `{kind} inspect` failed: {error}"));
+    assert!(
+        output.status.success(),
+        "`{kind} inspect` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Removes containers by id, failing the test when the runtime reports an error.
+fn remove_containers(kind: ExecutorKind, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let output = Command::new(kind.as_str())
+        .args(["rm", "--force"])
+        .args(ids)
+        .output()
+        .unwrap_or_else(|error| panic!("running `{kind} rm` failed: {error}"));
+    assert!(
+        output.status.success(),
+        "`{kind} rm` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// SIGTERM during a build stops it for real: `agentrun build` exits 3 and leaves no `RUN`
+/// process, no Podman working container and no private Podman service folder behind.
+#[test]
+fn interrupted_build_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("slow-build");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    // A sleep length no other test uses, to find the step's process.
+    let step = format!("sleep {}", 1000 + std::process::id() % 1000);
+    fs::write(
+        package.join("Dockerfile"),
+        format!("FROM agentrun-busybox:latest\nRUN {step}\nENTRYPOINT [\"/bin/true\"]\n"),
+    )
+    .expect("writing the Dockerfile");
+
+    for kind in [ExecutorKind::Docker, ExecutorKind::Podman] {
+        if !runtime_available(kind, "interrupted_build_leaves_nothing") {
+            continue;
+        }
+        let working_before = podman_working_containers();
+        let mut child = agentrun(&["build", "--executor", kind.as_str()])
+            .arg(&package)
+            .spawn();
+        let started = Instant::now();
+        while processes_running(&step).is_empty() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{kind}: agentrun exited ({status}) before the RUN step started");
+            }
+            assert!(
+                started.elapsed() < CLI_TIMEOUT,
+                "{kind}: the RUN step did not start"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+
+        // What this build made: its private Podman service folder and working container.
+        let service_dirs = service_dirs_of(child.id());
+        let working: Vec<String> = podman_working_containers()
+            .into_iter()
+            .filter(|id| !working_before.contains(id))
+            .collect();
+        if kind == ExecutorKind::Podman {
+            assert_eq!(service_dirs.len(), 1, "{kind}: {service_dirs:?}");
+        }
+
+        // SAFETY: kill has no memory effects, and the pid is that of a child not yet waited
+        // for, so it cannot name another process.
+        let result = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(result, 0, "sending SIGTERM to agentrun failed");
+        let status = wait_with_deadline(&mut child, CLI_TIMEOUT)
+            .unwrap_or_else(|| panic!("{kind}: agentrun did not exit after SIGTERM"));
+        assert_eq!(status.code(), Some(3), "{kind}: exit status");
+
+        // The runtime ends the step's process shortly after the build request is gone.
+        let stopped = Instant::now();
+        while !processes_running(&step).is_empty() && stopped.elapsed() < Duration::from_secs(30) {
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            processes_running(&step),
+            Vec::<u32>::new(),
+            "{kind}: RUN step left"
+        );
+        let working_now = podman_working_containers();
+        let left: Vec<&String> = working
+            .iter()
+            .filter(|id| working_now.contains(id))
+            .collect();
+        assert_eq!(
+            left,
+            Vec::<&String>::new(),
+            "{kind}: working container left"
+        );
+        for dir in service_dirs {
+            assert!(!dir.exists(), "{kind}: {} left", dir.display());
+        }
+    }
+}
+
+/// Returns the pids of processes whose command line is `command`.
+fn processes_running(command: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| command_line(*pid) == command)
+        .collect()
+}
+
+/// Returns the parent pid of a process, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The parent is the second field after the command name, which is in parentheses.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Returns the ids of Podman's external (buildah working) containers.
+fn podman_working_containers() -> Vec<String> {
+    let output = Command::new("podman")
+        .args(["ps", "--all", "--external", "--quiet"])
+        .output();
+    match output {
+        Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Returns the folders of the private `podman system service` processes that `parent`
+/// started, read from their socket argument (`unix:///tmp/agentrun-podman-XXXX/podman.sock`).
+fn service_dirs_of(parent: u32) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| parent_of(*pid) == Some(parent))
+        .filter_map(|pid| {
+            let line = command_line(pid);
+            let socket = line
+                .split(' ')
+                .find_map(|word| word.strip_prefix("unix://"))?;
+            Some(Path::new(socket).parent()?.to_path_buf())
+        })
+        .filter(|dir| dir.to_string_lossy().contains("agentrun-podman-"))
+        .collect()
+}
+
+/// An empty instance name is rejected before anything runs.
+#[test]
+fn empty_instance_exits_2() {
+    let output = agentrun(&["run", "--instance", " "])
+        .arg(example("echo"))
+        .run();
+    output.assert_exit(2);
+    assert_contains(&output.stderr, "the instance name is empty");
+}
+
+/// `AGENTRUN_CLI_INSTANCE` belongs to the command line, so a service started in the same
+/// environment does not read it as an unknown configuration key.
+#[test]
+fn cli_instance_variable_is_not_config() {
+    let output = agentrun(&["serve", "--check-config"])
+        .env("AGENTRUN_CLI_INSTANCE", "cli-elsewhere")
+        .run();
+    output.assert_exit(0);
+    assert_contains(&output.stderr, "the configuration is valid");
+}
+
+/// Polls until a job container (one with a job-id label, unlike the builder's intermediate
+/// containers) with the engine label `instance` and the integration label `integration` exists
+/// and returns their ids. Fails the test when `child` exits first or after [`CLI_TIMEOUT`].
+fn wait_for_containers(
+    kind: ExecutorKind,
+    instance: &str,
+    integration: &str,
+    child: &mut Child,
+) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let found = job_containers(kind, instance, integration);
+        if !found.is_empty() {
+            return found;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{kind}: agentrun exited ({status}) before its container was listed");
+        }
+        if started.elapsed() > CLI_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{kind}: no container of instance {instance} after {CLI_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Lists the ids of containers (running or not) with the engine label `instance` and the
+/// integration label `integration`, through the runtime's CLI.
+fn containers_labelled(kind: ExecutorKind, instance: &str, integration: &str) -> Vec<String> {
+    list_containers(kind, instance, integration, &[])
+}
+
+/// Lists the ids of job containers: those of [`containers_labelled`] with a job-id label.
+fn job_containers(kind: ExecutorKind, instance: &str, integration: &str) -> Vec<String> {
+    let job_label = format!("label={}", agentrun_executor::LABEL_JOB_ID);
+    list_containers(kind, instance, integration, &["--filter", &job_label])
+}
+
+/// Lists the ids of containers with the engine label `instance`, the integration label
+/// `integration` and the further `ps` arguments `extra`.
+fn list_containers(
+    kind: ExecutorKind,
+    instance: &str,
+    integration: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let output = Command::new(kind.as_str())
+        .args(["ps", "--all", "--quiet", "--filter"])
+        .arg(format!(
+            "label={}={instance}",
+            agentrun_executor::LABEL_ENGINE
+        ))
+        .arg("--filter")
+        .arg(format!(
+            "label={}={integration}",
+            agentrun_executor::LABEL_INTEGRATION
+        ))
+        .args(extra)
+        .output()
+        .unwrap_or_else(|error| panic!("running `{kind} ps` failed: {error}"));
+    assert!(
+        output.status.success(),
+        "`{kind} ps` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A Docker engine that cannot be reached: exit 4, naming the address tried.
@@ -1416,6 +2022,28 @@ impl Agentrun {
         self
     }
 
+    /// Limits the address space of the binary to `bytes`, so that a runaway allocation fails
+    /// inside the process instead of taking the machine's memory.
+    fn address_space_limit(mut self, bytes: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // setrlimit, which is async-signal-safe, on a value copied into the closure.
+        unsafe {
+            self.0.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        self
+    }
+
     /// Connects stdout to a pipe whose reading end is already closed, as `| head -0` leaves it:
     /// every write to stdout fails with a broken pipe.
     fn closed_stdout(mut self) -> Self {
@@ -1427,6 +2055,15 @@ impl Agentrun {
     fn closed_stderr(mut self) -> Self {
         self.0.stderr(closed_pipe());
         self
+    }
+
+    /// Starts the binary and returns at once, with stdout and stderr discarded.
+    fn spawn(mut self) -> Child {
+        self.0
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting agentrun failed: {error}"))
     }
 
     /// Runs the binary to its end, killing it and failing the test after [`CLI_TIMEOUT`].

@@ -92,6 +92,7 @@ conformance! {
     wrong_job_id_rejected,
     fail_reports_failure,
     crash_without_reply,
+    self_signal_ends_agent,
     read_eof_counts_bytes,
     no_stdin_large_message,
     hang_times_out,
@@ -235,6 +236,19 @@ async fn crash_without_reply(backend: &'static Backend) {
         error,
         "last stderr lines:\n  testagent: crashing on purpose",
     );
+}
+
+/// An agent that sends itself SIGSEGV ends with exit code 139 (128 + 11) on every backend. On
+/// container backends the agent runs under an init, since as PID 1 it would ignore the signal.
+async fn self_signal_ends_agent(backend: &'static Backend) {
+    let (_, result) = backend.work(Job::new("self-signal", "signal")).await;
+
+    assert_eq!(result.status, JobStatus::Error, "{result:#?}");
+    assert_eq!(result.exit_code, Some(139));
+    assert_eq!(result.return_code, None);
+    assert_eq!(result.stderr_tail, "testagent: sending SIGSEGV to itself\n");
+    let error = result.error.as_deref().unwrap_or_default();
+    assert_contains(error, "without a reply");
 }
 
 /// An agent that reads stdin to end of file gets exactly the message, then end of file.

@@ -105,6 +105,11 @@ struct Args {
     #[arg(long, env = "AGENTRUN_BENCH_NETWORK", default_value = "none")]
     network: String,
 
+    /// Whether the engine's containers run their agent under an init process (`init` of the
+    /// Docker and Podman configuration).
+    #[arg(long, env = "AGENTRUN_BENCH_INIT", default_value_t = true, action = clap::ArgAction::Set)]
+    init: bool,
+
     /// Jobs queued in the service for the memory figure; 0 skips the memory rows.
     #[arg(long, env = "AGENTRUN_BENCH_QUEUED", default_value_t = 10_000)]
     queued: usize,
@@ -175,7 +180,7 @@ async fn run(args: Args) -> Result<(), String> {
 
 fn describe_args(args: &Args) -> String {
     format!(
-        "--samples {} --subprocess-samples {} --jobs {} --subprocess-jobs {} --concurrency {} --warmup {} --builds {} --executors {} --agents {} --network {} --queued {}",
+        "--samples {} --subprocess-samples {} --jobs {} --subprocess-jobs {} --concurrency {} --warmup {} --builds {} --executors {} --agents {} --network {} --init {} --queued {}",
         args.samples,
         args.subprocess_samples,
         args.jobs,
@@ -186,6 +191,7 @@ fn describe_args(args: &Args) -> String {
         args.executors.join(","),
         args.agents.join(","),
         args.network,
+        args.init,
         args.queued
     )
 }
@@ -487,6 +493,7 @@ async fn bench_docker(
 ) -> Result<(), String> {
     let config = DockerConfig {
         instance: "agentrun-bench".to_owned(),
+        init: args.init,
         ..DockerConfig::default()
     };
     let cold = DockerExecutor::connect(config.clone())
@@ -525,6 +532,7 @@ async fn bench_podman(
 ) -> Result<(), String> {
     let config = PodmanConfig {
         instance: "agentrun-bench".to_owned(),
+        init: args.init,
         ..PodmanConfig::default()
     };
     let cold = PodmanExecutor::connect(config.clone())

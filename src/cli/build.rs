@@ -58,5 +58,5 @@ pub async fn build(args: BuildArgs) -> Exit {
 async fn prepare(args: &BuildArgs) -> Result<Prepared, Error> {
     let loaded = load_package(&args.target.package).await?;
     let dispatcher = connect_dispatcher(&args.target).await?;
-    dispatcher.prepare(&loaded.integration).await
+    super::prepare_or_interrupt(&dispatcher, &loaded.integration).await
 }

@@ -30,7 +30,7 @@ async fn check_health(args: &DescribeArgs) -> Result<(String, HealthReport), Err
     loaded.integration.env = merge_env(&loaded.integration.env, &args.env)?;
     print_warnings(&undeclared_env(&loaded.integration.manifest, &args.env));
     let dispatcher = connect_dispatcher(&args.target).await?;
-    let prepared = dispatcher.prepare(&loaded.integration).await?;
+    let prepared = super::prepare_or_interrupt(&dispatcher, &loaded.integration).await?;
 
     let cancel = CancellationToken::new();
     let _interrupt = super::cancel_on_interrupt(cancel.clone());

@@ -15,6 +15,8 @@ mod serve;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::{StringValueParser, TypedValueParser};
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use agentrun_executor::CancellationToken;
@@ -104,14 +106,27 @@ pub struct TargetArgs {
 
     /// Backend that runs the agent.
     #[arg(short = 'x', long, default_value = "subprocess", env = "AGENTRUN_EXECUTOR",
-          value_parser = parse_executor)]
+          value_parser = Utf8(parse_executor))]
     pub executor: ExecutorKind,
 
     /// Network mode of the agent's container, such as none or host (Docker and Podman only).
     /// Default: the runtime's default network.
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", value_parser = Utf8(StringValueParser::new()))]
     pub network: Option<String>,
+
+    /// Engine instance name: the value of the io.agentrun.engine label on the containers and
+    /// images of this command (Docker and Podman only). A service removes leftover containers
+    /// of its own instance at start-up (its docker.instance or podman.instance, default
+    /// agentrun), so this must differ from every service's instance on the same runtime.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_CLI_INSTANCE,
+          env = "AGENTRUN_CLI_INSTANCE", value_parser = Utf8(parse_instance))]
+    pub instance: String,
 }
+
+/// Default for [`TargetArgs::instance`]: different from the service's default instance
+/// (`agentrun`), so that a service starting on the same runtime does not remove the container
+/// of a running command.
+pub const DEFAULT_CLI_INSTANCE: &str = "agentrun-cli";
 
 /// Arguments of `agentrun run`.
 #[derive(Debug, Args)]
@@ -121,21 +136,22 @@ pub struct RunArgs {
     pub target: TargetArgs,
 
     /// Value of a form field, replacing its prefill. Repeat for each field.
-    #[arg(short, long = "set", value_name = "FIELD=VALUE", value_parser = parse_pair)]
+    #[arg(short, long = "set", value_name = "FIELD=VALUE", value_parser = Utf8(parse_pair))]
     pub set: Vec<(String, String)>,
 
     /// Value of a SIFT-* keyword for prefills: the keyword without SIFT-, in lowercase, such as
     /// user-name=alice@example.com or selected-node-id=n42. Repeat for each keyword.
-    #[arg(short, long = "context", value_name = "KEY=VALUE")]
+    #[arg(short, long = "context", value_name = "KEY=VALUE",
+          value_parser = Utf8(StringValueParser::new()))]
     pub context: Vec<String>,
 
     /// Environment variable for the agent, replacing the manifest's value. Repeat for each.
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = Utf8(parse_pair))]
     pub env: Vec<(String, String)>,
 
     /// Deadline for the job in seconds, 1 to 86400 (fractions allowed). Default: the manifest's
     /// [run] timeout_secs, else 60.
-    #[arg(short, long, value_name = "SECS", value_parser = parse_timeout)]
+    #[arg(short, long, value_name = "SECS", value_parser = Utf8(parse_timeout))]
     pub timeout: Option<Duration>,
 
     /// Print one JSON object with the job's result instead of the popup message.
@@ -151,11 +167,11 @@ pub struct DescribeArgs {
     pub target: TargetArgs,
 
     /// Environment variable for the agent, replacing the manifest's value. Repeat for each.
-    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = Utf8(parse_pair))]
     pub env: Vec<(String, String)>,
 
     /// Deadline for the health check in seconds, 1 to 86400. Default: the manifest's, else 60.
-    #[arg(short, long, value_name = "SECS", value_parser = parse_timeout)]
+    #[arg(short, long, value_name = "SECS", value_parser = Utf8(parse_timeout))]
     pub timeout: Option<Duration>,
 
     /// Print one JSON object with the health report.
@@ -206,7 +222,25 @@ async fn connect_dispatcher(target: &TargetArgs) -> Result<Dispatcher, Error> {
              agents use this machine's network: run with -x docker or -x podman to set it"
         );
     }
-    let executor = backends::connect(target.executor, &BackendsConfig::default()).await?;
+    let config = BackendsConfig::with_instance(&target.instance);
+    let executor = backends::connect(target.executor, &config).await?;
+    // The containers of a command killed with SIGKILL stay behind, since nothing removes them
+    // at its end. Each command removes those of any instance whose deadline label expired,
+    // which costs one container listing and never touches a container still in use.
+    if target.executor.is_container() {
+        match executor.sweep_expired().await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    count = removed.len(),
+                    "removed containers whose deadline expired"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(error = %error, "removing containers whose deadline expired failed");
+            }
+        }
+    }
     let mut defaults = DispatchDefaults::default();
     defaults.limits.network.clone_from(&target.network);
     Ok(Dispatcher::with_defaults(executor, defaults))
@@ -216,22 +250,55 @@ async fn connect_dispatcher(target: &TargetArgs) -> Result<Dispatcher, Error> {
 /// interrupted run kills its agent (and removes its container) before the process exits.
 fn cancel_on_interrupt(cancel: CancellationToken) -> AbortOnDrop {
     let task = tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = terminate => {}
-        }
+        interrupted().await;
         tracing::warn!("interrupted: cancelling the job");
         cancel.cancel();
     });
     AbortOnDrop(task)
+}
+
+/// Returns when the process gets Ctrl-C (SIGINT) or SIGTERM.
+async fn interrupted() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// Maximum wait, after an interrupt, for a build that [`Executor::stop_builds`] stopped to end
+/// and clean up.
+///
+/// [`Executor::stop_builds`]: agentrun_executor::Executor::stop_builds
+const STOPPED_BUILD_WAIT: Duration = Duration::from_secs(30);
+
+/// Prepares the package, or stops its build on Ctrl-C or SIGTERM and returns
+/// [`Error::Interrupted`]. Where the backend stops builds for real (Podman's private service),
+/// this waits for the stopped build to end, so that it removes what it left. Elsewhere it only
+/// drops the request, which Docker takes as a cancel.
+async fn prepare_or_interrupt(
+    dispatcher: &Dispatcher,
+    integration: &crate::dispatcher::Integration,
+) -> Result<agentrun_executor::Prepared, Error> {
+    let prepare = dispatcher.prepare(integration);
+    tokio::pin!(prepare);
+    tokio::select! {
+        result = &mut prepare => return result,
+        () = interrupted() => {}
+    }
+    tracing::warn!("interrupted: stopping the build");
+    if dispatcher.executor().stop_builds() {
+        // The outcome no longer matters: the command ends as interrupted either way.
+        let _ = tokio::time::timeout(STOPPED_BUILD_WAIT, &mut prepare).await;
+    }
+    Err(Error::Interrupted)
 }
 
 /// Aborts a background task when dropped.
@@ -242,6 +309,41 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Value parser that names the option and shows the value when the value is not UTF-8, which
+/// clap's own message ("invalid UTF-8 was detected in one or more arguments") does not, and
+/// otherwise hands the value to the parser it wraps.
+#[derive(Clone, Debug)]
+struct Utf8<P>(P);
+
+impl<P: TypedValueParser> TypedValueParser for Utf8<P> {
+    type Value = P::Value;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        if value.to_str().is_none() {
+            let name = arg.map_or_else(|| "an argument".to_owned(), ToString::to_string);
+            let message = format!(
+                "the value {:?} of {name} is not valid UTF-8 (invalid bytes shown as �): \
+                 pass it as UTF-8 text\n",
+                value.to_string_lossy()
+            );
+            return Err(clap::Error::raw(ErrorKind::InvalidUtf8, message).with_cmd(command));
+        }
+        self.0.parse_ref(command, arg, value)
+    }
+}
+
+fn parse_instance(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("the instance name is empty: pass a name such as agentrun-cli".to_owned());
+    }
+    Ok(text.to_owned())
 }
 
 fn parse_executor(text: &str) -> Result<ExecutorKind, String> {

@@ -24,7 +24,7 @@ async fn run_job(args: &RunArgs) -> Result<WorkResult, Error> {
     let context = Context::from_pairs(&args.context)?;
     let loaded = load_package(&args.target.package).await?;
     let dispatcher = connect_dispatcher(&args.target).await?;
-    let prepared = dispatcher.prepare(&loaded.integration).await?;
+    let prepared = super::prepare_or_interrupt(&dispatcher, &loaded.integration).await?;
 
     let cancel = CancellationToken::new();
     let _interrupt = super::cancel_on_interrupt(cancel.clone());

@@ -54,7 +54,15 @@ pub(super) fn work_result(
         },
         end => {
             result.status = status_for_kill(end);
-            kill_failure(end, outcome.exit, "info", timeout, max_stdout_bytes)
+            let replied = parse_info_reply(&outcome.stdout, job_id).is_ok();
+            kill_failure(
+                end,
+                outcome.exit,
+                "info",
+                replied,
+                timeout,
+                max_stdout_bytes,
+            )
         }
     };
     result.error = Some(with_stderr(failure, outcome, stderr_tail_lines));
@@ -125,7 +133,15 @@ pub(super) fn health_report(
         },
         end => {
             report.status = status_for_kill(end);
-            kill_failure(end, outcome.exit, "heartbeat", timeout, max_stdout_bytes)
+            let replied = parse_heartbeat(&outcome.stdout, job_id).is_ok();
+            kill_failure(
+                end,
+                outcome.exit,
+                "heartbeat",
+                replied,
+                timeout,
+                max_stdout_bytes,
+            )
         }
     };
     report.error = Some(with_stderr(failure, outcome, stderr_tail_lines));
@@ -151,16 +167,23 @@ fn reply_failure(exit: ExitStatus, error: &ReplyError) -> String {
     }
 }
 
-/// Describes an agent that the executor killed.
+/// Describes an agent that the executor killed. `replied` is true when stdout contained a valid
+/// reply before the kill, which is not used because the agent did not exit.
 fn kill_failure(
     end: JobEnd,
     exit: ExitStatus,
     expected_type: &str,
+    replied: bool,
     timeout: Duration,
     max_stdout_bytes: usize,
 ) -> String {
     let expected = format!("expected one JSON object with \"type\":\"{expected_type}\" on stdout");
     match end {
+        JobEnd::TimedOut if replied => format!(
+            "agent wrote a reply but did not exit within {} and was killed ({exit}), so the \
+             reply was not used: exit after writing the reply",
+            format_duration(timeout)
+        ),
         JobEnd::TimedOut => format!(
             "agent did not finish within {} and was killed ({exit}): {expected}",
             format_duration(timeout)

@@ -748,9 +748,22 @@ async fn work_timed_out_error_text() {
     assert_eq!(result.message, None);
     assert_eq!(
         result.error.as_deref(),
-        Some("agent did not finish within 2 s and was killed (killed by signal 9): expected one JSON object with \"type\":\"info\" on stdout\nlast stderr lines:\n  still working")
+        Some("agent wrote a reply but did not exit within 2 s and was killed (killed by signal 9), so the reply was not used: exit after writing the reply\nlast stderr lines:\n  still working")
     );
     assert_eq!(exit_for(Outcome::Work(&result)), Exit::NoValidReply);
+
+    let result = work_with(outcome(
+        JobEnd::TimedOut,
+        ExitStatus::Signal(9),
+        "{\"type\":\"info\"",
+        "still working\n",
+    ))
+    .await;
+    assert_eq!(result.status, JobStatus::TimedOut);
+    assert_eq!(
+        result.error.as_deref(),
+        Some("agent did not finish within 2 s and was killed (killed by signal 9): expected one JSON object with \"type\":\"info\" on stdout\nlast stderr lines:\n  still working")
+    );
 }
 
 #[tokio::test]
@@ -898,6 +911,32 @@ async fn describe_timed_out() {
     assert_eq!(
         report.error.as_deref(),
         Some("agent did not finish within 1500 ms and was killed (killed by signal 9): expected one JSON object with \"type\":\"heartbeat\" on stdout\nstderr was empty")
+    );
+}
+
+#[tokio::test]
+async fn describe_timed_out_after_heartbeat() {
+    let dispatcher = Dispatcher::new(FakeExecutor::new(|_| {
+        Ok(outcome(
+            JobEnd::TimedOut,
+            ExitStatus::Signal(9),
+            "{\"type\":\"heartbeat\"}\n",
+            "",
+        ))
+    }));
+    let options = DescribeOptions {
+        timeout: Some(Duration::from_secs(3)),
+        ..DescribeOptions::default()
+    };
+    let report =
+        with_timeout(dispatcher.describe(&integration("name = \"t\"\n"), &prepared(), options))
+            .await
+            .expect("check runs");
+    assert_eq!(report.status, JobStatus::TimedOut);
+    assert!(!report.healthy);
+    assert_eq!(
+        report.error.as_deref(),
+        Some("agent wrote a reply but did not exit within 3 s and was killed (killed by signal 9), so the reply was not used: exit after writing the reply\nstderr was empty")
     );
 }
 

@@ -198,7 +198,13 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
             path: config.database_path(),
             source: std::io::Error::other(error),
         })??;
-    let executor = crate::backends::connect(config.executor, &config.backends()).await?;
+    // Subprocess job records let the next start stop agents that a SIGKILL left running.
+    let mut backends = config.backends();
+    backends
+        .subprocess
+        .state_dir
+        .get_or_insert_with(|| config.data_dir.join("run"));
+    let executor = crate::backends::connect(config.executor, &backends).await?;
     let job_ids = Arc::new(JobIdGenerator::starting_after(store.max_job_id().await?));
     let defaults = DispatchDefaults {
         timeout: config.jobs.timeout(),

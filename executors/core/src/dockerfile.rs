@@ -12,7 +12,13 @@
 //! continues on the next line, and comment lines are dropped even inside a continuation. An
 //! argument that parses as a JSON array of strings is in exec form. `ENV` and `ARG` values are
 //! substituted into `WORKDIR`, `COPY` and `ADD` arguments as the builder does (`$name`, `${name}`,
-//! `${name:-default}` and `${name:+alternative}`). Every other instruction is skipped.
+//! `${name:-default}` and `${name:+alternative}`), with caps on the length of each value
+//! ([`MAX_EXPANDED_VALUE_BYTES`]) and on all substituted text ([`MAX_EXPANDED_TOTAL_BYTES`]).
+//! Every other instruction is skipped.
+//!
+//! A Dockerfile that is not valid UTF-8 is read with invalid bytes replaced, as the builder
+//! reads bytes it does not interpret (such as a Latin-1 letter in a comment). A file that starts
+//! with a UTF-16 byte order mark is rejected, since no builder reads UTF-16.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -192,6 +198,52 @@ pub enum DockerfileError {
     /// The last stage's `ENTRYPOINT` or `CMD` starts like exec form but is not valid JSON.
     #[error("{0}")]
     InvalidExecForm(InvalidExecForm),
+    /// An item of the last stage's `ENTRYPOINT` or `CMD` contains a NUL character, which no
+    /// program can receive in its arguments.
+    #[error(
+        "{instruction} on line {line} has a NUL character in `{item}`, which no program can \
+         receive as an argument: remove it"
+    )]
+    NulInCommand {
+        /// `ENTRYPOINT` or `CMD`.
+        instruction: &'static str,
+        /// Line number of the instruction (1-based).
+        line: usize,
+        /// The item, with the NUL written as `\0` and cut to a length that fits a message.
+        item: String,
+    },
+    /// The file starts with a UTF-16 byte order mark.
+    #[error(
+        "the Dockerfile is encoded as UTF-16, which image builders do not read: save it as UTF-8"
+    )]
+    Utf16,
+    /// Substituting a variable made one value longer than [`MAX_EXPANDED_VALUE_BYTES`].
+    #[error(
+        "line {line}: substituting ${variable} makes a value longer than {limit} bytes, the \
+         limit agentrun applies to one value: reference fewer or shorter variables"
+    )]
+    ExpandedValueTooLarge {
+        /// Line number of the instruction (1-based).
+        line: usize,
+        /// Name of the variable whose value passed the limit.
+        variable: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Variable substitution inserted more than [`MAX_EXPANDED_TOTAL_BYTES`] over the file.
+    #[error(
+        "line {line}: substituting ${variable} brings the text that variables insert over the \
+         whole Dockerfile past {limit} bytes, the limit agentrun applies: reference fewer or \
+         shorter variables"
+    )]
+    ExpandedTotalTooLarge {
+        /// Line number of the instruction (1-based).
+        line: usize,
+        /// Name of the variable whose value passed the limit.
+        variable: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
 /// Reads `root/Dockerfile` and checks the rule that every backend applies before it prepares a
@@ -231,8 +283,12 @@ pub fn check_dockerfile(root: &Path) -> Result<FinalStage, ExecutorError> {
             .to_string(),
         ));
     }
-    let text = fs::read_to_string(&path)
+    let bytes = fs::read(&path)
         .map_err(|error| ExecutorError::io(format!("reading {}", path.display()), error))?;
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        return Err(invalid(DockerfileError::Utf16.to_string()));
+    }
+    let text = String::from_utf8_lossy(&bytes);
 
     let stage = parse(&text).map_err(|error| invalid(format!("invalid Dockerfile: {error}")))?;
     stage
@@ -244,16 +300,32 @@ pub fn check_dockerfile(root: &Path) -> Result<FinalStage, ExecutorError> {
 impl FinalStage {
     /// Checks that the stage names the agent: it has an `ENTRYPOINT` or a `CMD` (its own or one
     /// it inherits from an earlier stage of the same Dockerfile) that is not empty, and neither
-    /// is text that starts like an exec-form JSON array without being one. Shell form passes,
-    /// since container runtimes run it.
+    /// is text that starts like an exec-form JSON array without being one, and no item contains
+    /// a NUL character. Shell form passes, since container runtimes run it.
     ///
     /// # Errors
     ///
-    /// [`DockerfileError::InvalidExecForm`] and [`DockerfileError::NoAgentCommand`].
+    /// [`DockerfileError::InvalidExecForm`], [`DockerfileError::NulInCommand`] and
+    /// [`DockerfileError::NoAgentCommand`].
     pub fn check_agent_command(&self) -> Result<(), DockerfileError> {
-        for (_, form) in self.entrypoint.iter().chain(&self.cmd) {
-            if let CommandForm::InvalidExec(invalid) = form {
-                return Err(DockerfileError::InvalidExecForm(invalid.clone()));
+        let commands = [("ENTRYPOINT", &self.entrypoint), ("CMD", &self.cmd)];
+        for (instruction, command) in commands {
+            let Some((line, form)) = command else {
+                continue;
+            };
+            let items: Vec<&str> = match form {
+                CommandForm::InvalidExec(invalid) => {
+                    return Err(DockerfileError::InvalidExecForm(invalid.clone()));
+                }
+                CommandForm::Exec(argv) => argv.iter().map(String::as_str).collect(),
+                CommandForm::Shell(text) => vec![text.as_str()],
+            };
+            if let Some(item) = items.into_iter().find(|item| item.contains('\0')) {
+                return Err(DockerfileError::NulInCommand {
+                    instruction,
+                    line: *line,
+                    item: quote_cut(&item.replace('\0', "\\0")),
+                });
             }
         }
         let names_agent = self
@@ -293,17 +365,20 @@ pub fn parse(text: &str) -> Result<FinalStage, DockerfileError> {
     let escape = escape_directive(text);
     let mut global_args: HashMap<String, String> = HashMap::new();
     let mut stages: Vec<Stage> = Vec::new();
+    let mut expander = Expander::new();
 
     for (line, instruction, arguments) in logical_lines(text, escape) {
+        expander.line = line;
         let keyword = instruction.to_ascii_uppercase();
         if keyword == "FROM" {
-            stages.push(start_stage(line, &arguments, &stages, &global_args)?);
+            let stage = start_stage(line, &arguments, &stages, &global_args, &mut expander)?;
+            stages.push(stage);
             continue;
         }
         let Some(stage) = stages.last_mut() else {
             // Only ARG may come before the first FROM, and its values are defaults for the stages.
             if keyword == "ARG" {
-                for (name, value) in parse_arg(&arguments, &global_args, escape) {
+                for (name, value) in parse_arg(&arguments, &global_args, escape, &mut expander)? {
                     global_args.insert(name, value.unwrap_or_default());
                 }
             }
@@ -312,7 +387,7 @@ pub fn parse(text: &str) -> Result<FinalStage, DockerfileError> {
 
         match keyword.as_str() {
             "WORKDIR" => {
-                let path = expand(arguments.trim(), &stage.env, escape);
+                let path = expander.expand(arguments.trim(), &stage.env, escape)?;
                 if path.is_empty() {
                     return Err(DockerfileError::MissingArguments {
                         line,
@@ -325,7 +400,7 @@ pub fn parse(text: &str) -> Result<FinalStage, DockerfileError> {
             }
             "COPY" | "ADD" => {
                 let name = if keyword == "COPY" { "COPY" } else { "ADD" };
-                let copy = parse_copy(name, line, &arguments, stage, escape)?;
+                let copy = parse_copy(name, line, &arguments, stage, escape, &mut expander)?;
                 stage.state.copies.push(copy);
             }
             "ENTRYPOINT" => {
@@ -341,12 +416,12 @@ pub fn parse(text: &str) -> Result<FinalStage, DockerfileError> {
                 stage.cmd_set_here = true;
             }
             "ENV" => {
-                for (name, value) in parse_env(&arguments, &stage.env, escape) {
+                for (name, value) in parse_env(&arguments, &stage.env, escape, &mut expander)? {
                     stage.env.insert(name, value);
                 }
             }
             "ARG" => {
-                for (name, value) in parse_arg(&arguments, &stage.env, escape) {
+                for (name, value) in parse_arg(&arguments, &stage.env, escape, &mut expander)? {
                     let value = value.or_else(|| global_args.get(&name).cloned());
                     // An ENV of the same name wins over an ARG, as in the builder.
                     stage.env.entry(name).or_insert(value.unwrap_or_default());
@@ -368,6 +443,7 @@ fn start_stage(
     arguments: &str,
     stages: &[Stage],
     global_args: &HashMap<String, String>,
+    expander: &mut Expander,
 ) -> Result<Stage, DockerfileError> {
     let words: Vec<&str> = arguments
         .split_whitespace()
@@ -379,7 +455,7 @@ fn start_stage(
             instruction: "FROM".to_owned(),
         });
     };
-    let base = expand(base, global_args, '\\');
+    let base = expander.expand(base, global_args, '\\')?;
     let name = match words.as_slice() {
         [_, as_keyword, name, ..] if as_keyword.eq_ignore_ascii_case("as") => {
             Some(name.to_ascii_lowercase())
@@ -530,17 +606,21 @@ fn invalid_exec_form(
         format!("{instruction} [{}]", quoted.join(", "))
     });
 
-    let text = match text.char_indices().nth(MAX_QUOTED_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    };
     InvalidExecForm {
         instruction,
         line,
-        text,
+        text: quote_cut(text),
         problem,
         hint,
         suggestion,
+    }
+}
+
+/// Cuts `text` to [`MAX_QUOTED_CHARS`] characters for a message, marking a cut with `…`.
+fn quote_cut(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
     }
 }
 
@@ -583,6 +663,7 @@ fn parse_copy(
     arguments: &str,
     stage: &Stage,
     escape: char,
+    expander: &mut Expander,
 ) -> Result<CopyInstruction, DockerfileError> {
     let mut rest = arguments.trim();
     let mut from = None;
@@ -606,7 +687,7 @@ fn parse_copy(
         split_words(rest)
     };
     for path in &mut paths {
-        *path = expand(path, &stage.env, escape);
+        *path = expander.expand(path, &stage.env, escape)?;
     }
 
     let Some(destination) = paths.pop() else {
@@ -639,23 +720,27 @@ fn parse_env(
     arguments: &str,
     env: &HashMap<String, String>,
     escape: char,
-) -> Vec<(String, String)> {
+    expander: &mut Expander,
+) -> Result<Vec<(String, String)>, DockerfileError> {
     let arguments = arguments.trim();
     let first = arguments.split_whitespace().next().unwrap_or_default();
     if !first.contains('=') {
         // Legacy form: one variable, the rest of the line is its value.
         return match arguments.split_once(char::is_whitespace) {
-            Some((name, value)) => vec![(name.to_owned(), expand(value.trim(), env, escape))],
-            None => Vec::new(),
+            Some((name, value)) => Ok(vec![(
+                name.to_owned(),
+                expander.expand(value.trim(), env, escape)?,
+            )]),
+            None => Ok(Vec::new()),
         };
     }
-    shell_words_with_quotes(arguments)
-        .into_iter()
-        .filter_map(|word| {
-            let (name, value) = word.split_once('=')?;
-            Some((name.to_owned(), expand(value, env, escape)))
-        })
-        .collect()
+    let mut pairs = Vec::new();
+    for word in shell_words_with_quotes(arguments) {
+        if let Some((name, value)) = word.split_once('=') {
+            pairs.push((name.to_owned(), expander.expand(value, env, escape)?));
+        }
+    }
+    Ok(pairs)
 }
 
 /// Reads `ARG name[=default] ...`.
@@ -663,14 +748,18 @@ fn parse_arg(
     arguments: &str,
     env: &HashMap<String, String>,
     escape: char,
-) -> Vec<(String, Option<String>)> {
-    shell_words_with_quotes(arguments)
-        .into_iter()
-        .map(|word| match word.split_once('=') {
-            Some((name, value)) => (name.to_owned(), Some(expand(value, env, escape))),
-            None => (word, None),
-        })
-        .collect()
+    expander: &mut Expander,
+) -> Result<Vec<(String, Option<String>)>, DockerfileError> {
+    let mut pairs = Vec::new();
+    for word in shell_words_with_quotes(arguments) {
+        match word.split_once('=') {
+            Some((name, value)) => {
+                pairs.push((name.to_owned(), Some(expander.expand(value, env, escape)?)));
+            }
+            None => pairs.push((word, None)),
+        }
+    }
+    Ok(pairs)
 }
 
 /// Splits on whitespace outside quotes, keeping the quotes for [`expand`] to remove.
@@ -707,91 +796,159 @@ fn shell_words_with_quotes(text: &str) -> Vec<String> {
 /// text stays as written, so a hostile Dockerfile cannot exhaust the stack.
 const MAX_EXPANSION_DEPTH: usize = 4;
 
-/// Substitutes `ENV`/`ARG` variables and removes quotes, as the builder does for `WORKDIR`,
-/// `COPY`, `ADD`, `ENV` and `ARG` arguments. Unset variables become empty text.
-fn expand(text: &str, env: &HashMap<String, String>, escape: char) -> String {
-    expand_at_depth(text, env, escape, 0)
+/// Maximum length in bytes of one value after variable substitution. Each `ENV A=${B}${B}` can
+/// double a value, so without a cap forty lines would request half a terabyte.
+pub const MAX_EXPANDED_VALUE_BYTES: usize = 64 * 1024;
+
+/// Maximum number of bytes that variable substitution may insert over a whole Dockerfile.
+pub const MAX_EXPANDED_TOTAL_BYTES: usize = 1024 * 1024;
+
+/// Variable substitution with the caps on value and total size, for one Dockerfile.
+#[derive(Debug)]
+struct Expander {
+    /// Line of the instruction being read, for errors.
+    line: usize,
+    /// Bytes inserted by substitution so far, over the whole Dockerfile.
+    substituted_bytes: usize,
 }
 
-fn expand_at_depth(
-    text: &str,
-    env: &HashMap<String, String>,
-    escape: char,
-    depth: usize,
-) -> String {
-    if depth > MAX_EXPANSION_DEPTH {
-        return text.to_owned();
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    let mut quote: Option<char> = None;
-
-    while let Some(c) = chars.next() {
-        if c == escape && quote != Some('\'') {
-            if let Some(next) = chars.next() {
-                out.push(next);
-            }
-            continue;
-        }
-        match (c, quote) {
-            ('\'', None) | ('"', None) => quote = Some(c),
-            ('\'', Some('\'')) | ('"', Some('"')) => quote = None,
-            ('$', quote) if quote != Some('\'') => {
-                out.push_str(&expand_variable(&mut chars, env, depth));
-            }
-            _ => out.push(c),
+impl Expander {
+    fn new() -> Self {
+        Self {
+            line: 0,
+            substituted_bytes: 0,
         }
     }
-    out
-}
 
-fn expand_variable(
-    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
-    env: &HashMap<String, String>,
-    depth: usize,
-) -> String {
-    let lookup = |name: &str| env.get(name).cloned().unwrap_or_default();
+    /// Substitutes `ENV`/`ARG` variables and removes quotes, as the builder does for
+    /// `WORKDIR`, `COPY`, `ADD`, `ENV` and `ARG` arguments. Unset variables become empty text.
+    ///
+    /// # Errors
+    ///
+    /// [`DockerfileError::ExpandedValueTooLarge`] and
+    /// [`DockerfileError::ExpandedTotalTooLarge`] when substitution passes a cap.
+    fn expand(
+        &mut self,
+        text: &str,
+        env: &HashMap<String, String>,
+        escape: char,
+    ) -> Result<String, DockerfileError> {
+        self.expand_at_depth(text, env, escape, 0)
+    }
 
-    if chars.peek() == Some(&'{') {
-        chars.next();
-        let mut inner = String::new();
-        for c in chars.by_ref() {
-            if c == '}' {
+    fn expand_at_depth(
+        &mut self,
+        text: &str,
+        env: &HashMap<String, String>,
+        escape: char,
+        depth: usize,
+    ) -> Result<String, DockerfileError> {
+        if depth > MAX_EXPANSION_DEPTH {
+            return Ok(text.to_owned());
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars().peekable();
+        let mut quote: Option<char> = None;
+
+        while let Some(c) = chars.next() {
+            if c == escape && quote != Some('\'') {
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                }
+                continue;
+            }
+            match (c, quote) {
+                ('\'', None) | ('"', None) => quote = Some(c),
+                ('\'', Some('\'')) | ('"', Some('"')) => quote = None,
+                ('$', quote) if quote != Some('\'') => {
+                    let (name, value) = self.expand_variable(&mut chars, env, depth)?;
+                    if out.len() + value.len() > MAX_EXPANDED_VALUE_BYTES {
+                        return Err(DockerfileError::ExpandedValueTooLarge {
+                            line: self.line,
+                            variable: name,
+                            limit: MAX_EXPANDED_VALUE_BYTES,
+                        });
+                    }
+                    out.push_str(&value);
+                }
+                _ => out.push(c),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one variable reference after its `$` and returns the variable's name and the text
+    /// that replaces the reference.
+    fn expand_variable(
+        &mut self,
+        chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+        env: &HashMap<String, String>,
+        depth: usize,
+    ) -> Result<(String, String), DockerfileError> {
+        if chars.peek() == Some(&'{') {
+            chars.next();
+            let mut inner = String::new();
+            for c in chars.by_ref() {
+                if c == '}' {
+                    break;
+                }
+                inner.push(c);
+            }
+            if let Some((name, default)) = inner.split_once(":-") {
+                let value = self.lookup(name, env)?;
+                let value = if value.is_empty() {
+                    self.expand_at_depth(default, env, '\\', depth + 1)?
+                } else {
+                    value
+                };
+                return Ok((name.to_owned(), value));
+            }
+            if let Some((name, alternative)) = inner.split_once(":+") {
+                // Only the alternative is inserted, so the variable's own value is not counted.
+                let value = if env.get(name).is_none_or(String::is_empty) {
+                    String::new()
+                } else {
+                    self.expand_at_depth(alternative, env, '\\', depth + 1)?
+                };
+                return Ok((name.to_owned(), value));
+            }
+            let value = self.lookup(&inner, env)?;
+            return Ok((inner, value));
+        }
+
+        let mut name = String::new();
+        while let Some(&c) = chars.peek() {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                name.push(c);
+                chars.next();
+            } else {
                 break;
             }
-            inner.push(c);
         }
-        if let Some((name, default)) = inner.split_once(":-") {
-            let value = lookup(name);
-            return if value.is_empty() {
-                expand_at_depth(default, env, '\\', depth + 1)
-            } else {
-                value
-            };
+        if name.is_empty() {
+            return Ok((name, "$".to_owned()));
         }
-        if let Some((name, alternative)) = inner.split_once(":+") {
-            return if lookup(name).is_empty() {
-                String::new()
-            } else {
-                expand_at_depth(alternative, env, '\\', depth + 1)
-            };
-        }
-        return lookup(&inner);
+        let value = self.lookup(&name, env)?;
+        Ok((name, value))
     }
 
-    let mut name = String::new();
-    while let Some(&c) = chars.peek() {
-        if c.is_ascii_alphanumeric() || c == '_' {
-            name.push(c);
-            chars.next();
-        } else {
-            break;
+    /// Returns a variable's value, counting its length against the whole file's cap.
+    fn lookup(
+        &mut self,
+        name: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<String, DockerfileError> {
+        let value = env.get(name).cloned().unwrap_or_default();
+        self.substituted_bytes = self.substituted_bytes.saturating_add(value.len());
+        if self.substituted_bytes > MAX_EXPANDED_TOTAL_BYTES {
+            return Err(DockerfileError::ExpandedTotalTooLarge {
+                line: self.line,
+                variable: name.to_owned(),
+                limit: MAX_EXPANDED_TOTAL_BYTES,
+            });
         }
+        Ok(value)
     }
-    if name.is_empty() {
-        return "$".to_owned();
-    }
-    lookup(&name)
 }
 
 /// Joins an image path to a base directory and normalizes `.` and `..` lexically. The result is
@@ -1054,6 +1211,126 @@ mod tests {
         );
     }
 
+    /// Builds a Dockerfile whose every line doubles the previous value, so that `A39` would be
+    /// half a terabyte. The cap stops it at the line that passes 64 KiB.
+    fn doubling_dockerfile() -> String {
+        let mut text = String::from("FROM x\nENV A0=x\n");
+        for n in 1..40 {
+            text.push_str(&format!("ENV A{n}=${{A{}}}${{A{}}}\n", n - 1, n - 1));
+        }
+        text.push_str("CMD [\"/agent\"]\n");
+        text
+    }
+
+    #[test]
+    fn parse_caps_doubling_env_values() {
+        let error = parse(&doubling_dockerfile()).expect_err("A17 passes the value cap");
+        // A16 is exactly 64 KiB; the second ${A16} of A17 (line 19) passes the cap.
+        assert_eq!(
+            error,
+            DockerfileError::ExpandedValueTooLarge {
+                line: 19,
+                variable: "A16".to_owned(),
+                limit: MAX_EXPANDED_VALUE_BYTES,
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "line 19: substituting $A16 makes a value longer than 65536 bytes, the limit \
+             agentrun applies to one value: reference fewer or shorter variables"
+        );
+    }
+
+    #[test]
+    fn check_dockerfile_rejects_doubling_env_as_invalid_package() {
+        let dir = package_with(doubling_dockerfile().as_bytes());
+        let reason = invalid_reason(check_dockerfile(dir.path()));
+        assert!(
+            reason.starts_with("invalid Dockerfile: line 19: substituting $A16 makes a value"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn parse_caps_total_substituted_text() {
+        // Each line inserts 60 000 bytes: under the value cap, and line 20 passes 1 MiB in all.
+        let mut text = format!("FROM x\nENV BIG={}\n", "b".repeat(60_000));
+        for n in 0..20 {
+            text.push_str(&format!("ENV COPY{n}=$BIG\n"));
+        }
+        let error = parse(&text).expect_err("the 18th copy passes the total cap");
+        assert_eq!(
+            error,
+            DockerfileError::ExpandedTotalTooLarge {
+                line: 20,
+                variable: "BIG".to_owned(),
+                limit: MAX_EXPANDED_TOTAL_BYTES,
+            }
+        );
+        assert!(error.to_string().contains("past 1048576 bytes"), "{error}");
+    }
+
+    #[test]
+    fn parse_caps_values_from_arg_and_defaults() {
+        let big = "a".repeat(40_000);
+        let text = format!("ARG X={big}\nFROM x\nARG X\nWORKDIR /${{NONE:-$X$X}}\n");
+        let error = parse(&text).expect_err("the default passes the value cap");
+        assert_eq!(
+            error,
+            DockerfileError::ExpandedValueTooLarge {
+                line: 4,
+                variable: "X".to_owned(),
+                limit: MAX_EXPANDED_VALUE_BYTES,
+            }
+        );
+
+        // An alternative inserts only its own text, not the variable's value.
+        let text = format!("FROM x\nENV X={big}\nWORKDIR /${{X:+set}}\nCMD [\"/a\"]\n");
+        assert_eq!(stage(&text).workdir, "/set");
+    }
+
+    #[test]
+    fn check_rejects_nul_in_command_items() {
+        let stage = stage("FROM x\nENTRYPOINT [\"/bin/sh\", \"/agent.sh\\u0000\"]\n");
+        assert_eq!(
+            stage.check_agent_command(),
+            Err(DockerfileError::NulInCommand {
+                instruction: "ENTRYPOINT",
+                line: 2,
+                item: "/agent.sh\\0".to_owned(),
+            })
+        );
+
+        let dir = package_with(b"FROM x\nCMD [\"/agent\\u0000\"]\n");
+        assert_eq!(
+            invalid_reason(check_dockerfile(dir.path())),
+            "CMD on line 2 has a NUL character in `/agent\\0`, which no program can receive \
+             as an argument: remove it"
+        );
+    }
+
+    #[test]
+    fn check_dockerfile_reads_invalid_utf8_lossily() {
+        // A Latin-1 letter in a comment, which image builders accept.
+        let dir = package_with(b"FROM x\n# caf\xe9\nCMD [\"/agent\"]\n");
+        let stage = check_dockerfile(dir.path()).expect("a Latin-1 comment is read");
+        assert_eq!(stage.cmd, Some((3, exec(&["/agent"]))));
+    }
+
+    #[test]
+    fn check_dockerfile_rejects_utf16() {
+        let mut bytes = vec![0xff, 0xfe];
+        for unit in "FROM x\nCMD [\"/agent\"]\n".encode_utf16() {
+            bytes.extend_from_slice(&unit.to_le_bytes());
+        }
+        let dir = package_with(&bytes);
+        assert_eq!(
+            invalid_reason(check_dockerfile(dir.path())),
+            "the Dockerfile is encoded as UTF-16, which image builders do not read: save it as \
+             UTF-8"
+        );
+    }
+
     #[test]
     fn parse_is_case_insensitive() {
         let stage = stage("from scratch\nworkdir /app\nCopy a.py .\nentrypoint [\"x\"]\n");
@@ -1144,12 +1421,24 @@ mod tests {
 
     #[test]
     fn parse_survives_deeply_nested_defaults() {
-        let nested = format!("{}x", "${A:-".repeat(200_000));
+        // Past the depth limit the text stays as written.
+        let nested = format!("{}x", "${A:-".repeat(10_000));
         let stage = stage(&format!("FROM scratch\nWORKDIR /{nested}\n"));
         assert!(
             stage.workdir.starts_with("/${A:-"),
             "{}",
             &stage.workdir[..20]
+        );
+
+        // Text kept as written still counts against the value cap.
+        let nested = format!("{}x", "${A:-".repeat(200_000));
+        assert_eq!(
+            parse(&format!("FROM scratch\nWORKDIR /{nested}\n")),
+            Err(DockerfileError::ExpandedValueTooLarge {
+                line: 2,
+                variable: "A".to_owned(),
+                limit: MAX_EXPANDED_VALUE_BYTES,
+            })
         );
     }
 

@@ -39,7 +39,7 @@ mod package;
 pub use capture::OutputCapture;
 pub use context::{build_context_tar, write_context_tar};
 pub use dockerfile::check_dockerfile;
-pub use error::ExecutorError;
+pub use error::{init_exec_fault, ExecFault, ExecutorError};
 pub use job::{
     ExitStatus, JobEnd, JobOutcome, JobSpec, Limits, MessageKind, DEFAULT_MAX_STDOUT_BYTES,
     DEFAULT_STDERR_TAIL_BYTES, DEFAULT_TIMEOUT,
@@ -62,6 +62,45 @@ pub const LABEL_INTEGRATION: &str = "io.agentrun.integration";
 pub const LABEL_JOB_ID: &str = "io.agentrun.job-id";
 /// Image label carrying the package digest (hex SHA-256).
 pub const LABEL_DIGEST: &str = "io.agentrun.digest";
+/// Container label carrying the time after which a job's container is no longer in use, in
+/// seconds since the Unix epoch: its creation plus the job's timeout plus [`DEADLINE_GRACE`].
+///
+/// A sweep removes the containers of every engine instance whose deadline is more than
+/// [`EXPIRED_AFTER`] past, so that the containers of an engine process that was killed with
+/// SIGKILL do not stay forever. Warm pool containers do not carry it: they belong to the
+/// instance that made them, whose own sweep removes them.
+pub const LABEL_DEADLINE: &str = "io.agentrun.deadline";
+/// Time added to a job's timeout in [`LABEL_DEADLINE`], for starting the container before the
+/// timeout runs and for killing and removing it after.
+pub const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long past its [`LABEL_DEADLINE`] a container of another engine instance must be before
+/// a sweep removes it, for clocks that differ between engine processes.
+pub const EXPIRED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Returns the [`LABEL_DEADLINE`] value of a container created now for a job with `timeout`.
+pub fn deadline_label(timeout: std::time::Duration) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_add(timeout)
+        .saturating_add(DEADLINE_GRACE)
+        .as_secs()
+        .to_string()
+}
+
+/// Returns true when a [`LABEL_DEADLINE`] value is more than [`EXPIRED_AFTER`] before `now`.
+/// A value that is not a number of seconds never expires, so that a sweep leaves containers it
+/// does not understand alone.
+pub fn deadline_expired(value: &str, now: std::time::SystemTime) -> bool {
+    let Ok(deadline) = value.trim().parse::<u64>() else {
+        return false;
+    };
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    now > deadline.saturating_add(EXPIRED_AFTER.as_secs())
+}
 
 /// A backend that runs agents. See the crate documentation for the guarantees every backend gives.
 ///
@@ -136,7 +175,8 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     }
 
     /// Removes containers that carry this engine's [`LABEL_ENGINE`] label and whose job id is not
-    /// in `keep_job_ids`, and returns their ids.
+    /// in `keep_job_ids`, and those of any engine instance whose [`LABEL_DEADLINE`] expired (see
+    /// [`sweep_expired`](Executor::sweep_expired)), and returns their ids.
     ///
     /// The service calls this at start-up, after recovery. The default removes nothing.
     ///
@@ -145,6 +185,27 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Runtime failures while listing or removing.
     async fn sweep(&self, keep_job_ids: &[u64]) -> Result<Vec<String>, ExecutorError> {
         let _ = keep_job_ids;
+        Ok(Vec::new())
+    }
+
+    /// Stops the image builds in progress where dropping the [`prepare`](Executor::prepare)
+    /// future does not stop them, and returns true when it did: each running prepare then
+    /// ends soon with an error, after the runtime removed what the build left. Returns false
+    /// when dropping the future is all a caller can do. The command line calls this when it is
+    /// interrupted during a prepare. The default returns false.
+    fn stop_builds(&self) -> bool {
+        false
+    }
+
+    /// Removes the containers of any engine instance whose [`LABEL_DEADLINE`] is more than
+    /// [`EXPIRED_AFTER`] past, and returns their ids. Unlike [`sweep`](Executor::sweep) it
+    /// never touches a container that may still be in use, so a command-line run can call it
+    /// while a service runs jobs on the same runtime. The default removes nothing.
+    ///
+    /// # Errors
+    ///
+    /// Runtime failures while listing or removing.
+    async fn sweep_expired(&self) -> Result<Vec<String>, ExecutorError> {
         Ok(Vec::new())
     }
 
@@ -159,5 +220,36 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     async fn release(&self, prepared: &Prepared) -> Result<(), ExecutorError> {
         let _ = prepared;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn deadline_label_adds_timeout_and_grace() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        let value: u64 = deadline_label(Duration::from_secs(10))
+            .parse()
+            .expect("a number of seconds");
+        assert!(value >= before + 10 + DEADLINE_GRACE.as_secs(), "{value}");
+        assert!(value <= before + 11 + DEADLINE_GRACE.as_secs(), "{value}");
+    }
+
+    #[test]
+    fn deadline_expires_a_minute_after() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert!(!deadline_expired("1000000", now));
+        assert!(!deadline_expired("999940", now));
+        assert!(deadline_expired("999939", now));
+        assert!(!deadline_expired("soon", now));
+        assert!(!deadline_expired("", now));
+        assert!(!deadline_expired(&u64::MAX.to_string(), now));
     }
 }

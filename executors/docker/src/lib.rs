@@ -85,6 +85,12 @@ pub struct DockerConfig {
     /// Recovery after an engine restart reads a finished container's output from its logs, which
     /// needs a driver that the logs endpoint can read (`json-file`, `local` or `journald`).
     pub log_driver: Option<String>,
+    /// Runs each job container's agent under the engine's init process (`HostConfig.init`,
+    /// `docker-init`, which is tini), so that the agent is not PID 1. The kernel ignores a
+    /// signal without a handler sent to PID 1, so without an init an agent that kills itself
+    /// (`kill -SEGV $$`) runs on, while under the init it ends with `128 + signal` as on the
+    /// subprocess backend. Default true.
+    pub init: bool,
     /// Limit on one image build, in seconds. Default 600.
     pub build_timeout_secs: u64,
     /// Number of containers kept created and started ahead of demand for each distinct
@@ -106,6 +112,7 @@ impl Default for DockerConfig {
             instance: DEFAULT_INSTANCE.to_owned(),
             network: None,
             log_driver: None,
+            init: true,
             build_timeout_secs: DEFAULT_BUILD_TIMEOUT_SECS,
             warm_pool_size: DEFAULT_WARM_POOL_SIZE,
             warm_pool_idle_secs: DEFAULT_WARM_POOL_IDLE_SECS,
@@ -218,6 +225,10 @@ impl Executor for DockerExecutor {
         recover::sweep(self, keep_job_ids).await
     }
 
+    async fn sweep_expired(&self) -> Result<Vec<String>, ExecutorError> {
+        recover::sweep_expired(self).await
+    }
+
     async fn release(&self, prepared: &Prepared) -> Result<(), ExecutorError> {
         prepare::release(self, prepared).await
     }
@@ -233,6 +244,7 @@ mod tests {
         assert_eq!(config, DockerConfig::default());
         assert_eq!(config.instance, "agentrun");
         assert_eq!(config.build_timeout_secs, 600);
+        assert!(config.init);
         assert_eq!(config.network, None);
         assert_eq!(config.log_driver, None);
     }
@@ -246,6 +258,7 @@ mod tests {
             network = "none"
             log_driver = "local"
             build_timeout_secs = 30
+            init = false
             "#,
         )
         .expect("full config parses");
@@ -254,6 +267,7 @@ mod tests {
         assert_eq!(config.network.as_deref(), Some("none"));
         assert_eq!(config.log_driver.as_deref(), Some("local"));
         assert_eq!(config.build_timeout_secs, 30);
+        assert!(!config.init);
     }
 
     #[test]

@@ -42,7 +42,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use agentrun_executor::{ExecutorError, ExitStatus, JobEnd, JobSpec, OutputCapture, LABEL_JOB_ID};
+use agentrun_executor::{
+    ExecutorError, ExitStatus, JobEnd, JobSpec, OutputCapture, LABEL_DEADLINE, LABEL_JOB_ID,
+};
 use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::ContainerCreateBody;
@@ -581,19 +583,20 @@ pub(crate) async fn run_warm(
     Some(result.map(|(end, exit, capture)| (end, exit, capture, id, started_at)))
 }
 
-/// Returns the create request of a pooled container: the job's without its job-id label, with
-/// [`LABEL_WARM_POOL`].
+/// Returns the create request of a pooled container: the job's without its job-id and deadline
+/// labels, with [`LABEL_WARM_POOL`].
 fn pool_body(body: &ContainerCreateBody) -> ContainerCreateBody {
     let mut body = body.clone();
     if let Some(labels) = &mut body.labels {
         labels.remove(LABEL_JOB_ID);
+        labels.remove(LABEL_DEADLINE);
         labels.insert(LABEL_WARM_POOL.to_owned(), "true".to_owned());
     }
     body
 }
 
-/// Returns the pool key of a job's create request: the request without its job-id label, as
-/// JSON with object keys sorted, so that equal requests give equal keys.
+/// Returns the pool key of a job's create request: the request without its job-id and deadline
+/// labels, as JSON with object keys sorted, so that equal requests give equal keys.
 pub(crate) fn pool_key(body: &ContainerCreateBody) -> String {
     let mut value = match serde_json::to_value(body) {
         Ok(value) => value,
@@ -606,6 +609,7 @@ pub(crate) fn pool_key(body: &ContainerCreateBody) -> String {
         .and_then(serde_json::Value::as_object_mut)
     {
         labels.remove(LABEL_JOB_ID);
+        labels.remove(LABEL_DEADLINE);
     }
     let mut key = String::new();
     write_canonical(&value, &mut key);
@@ -697,13 +701,14 @@ mod tests {
             labels: Some(HashMap::from([
                 (LABEL_ENGINE.to_owned(), "agentrun".to_owned()),
                 (LABEL_JOB_ID.to_owned(), job_id.to_owned()),
+                (LABEL_DEADLINE.to_owned(), format!("17000000{job_id}")),
             ])),
             ..ContainerCreateBody::default()
         }
     }
 
     #[test]
-    fn key_ignores_job_id() {
+    fn key_ignores_job_id_and_deadline() {
         assert_eq!(
             pool_key(&body("1", &["A=1"])),
             pool_key(&body("2", &["A=1"]))
@@ -763,6 +768,7 @@ mod tests {
         let pooled = pool_body(&body("7", &[]));
         let labels = pooled.labels.expect("labels");
         assert!(!labels.contains_key(LABEL_JOB_ID));
+        assert!(!labels.contains_key(LABEL_DEADLINE));
         assert_eq!(labels[LABEL_WARM_POOL], "true");
         assert_eq!(labels[LABEL_ENGINE], "agentrun");
     }

@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use agentrun_executor::{
-    ExecutorError, ExitStatus, JobEnd, JobOutcome, OutputCapture, LABEL_AGENT_ID, LABEL_ENGINE,
-    LABEL_JOB_ID,
+    deadline_expired, ExecutorError, ExitStatus, JobEnd, JobOutcome, OutputCapture, LABEL_AGENT_ID,
+    LABEL_DEADLINE, LABEL_ENGINE, LABEL_JOB_ID,
 };
 use bollard::container::LogOutput;
 use bollard::models::{ContainerStateStatusEnum, ContainerSummary};
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions, LogsOptions};
 use futures_util::StreamExt;
-use tracing::{debug, warn, Instrument, Span};
+use tracing::{debug, info, warn, Instrument, Span};
 
 use crate::connect::status_code;
 use crate::run::{kill_and_wait, remove, short_id, wait_exit, RemovalGuard};
@@ -164,14 +164,65 @@ async fn collect_finished(
     Ok(Some((end, exit, capture)))
 }
 
-/// Removes this engine's containers whose job is not in `keep_job_ids`. See
-/// [`Executor::sweep`](agentrun_executor::Executor::sweep).
+/// Removes the containers of any engine instance whose deadline label expired. See
+/// [`Executor::sweep_expired`](agentrun_executor::Executor::sweep_expired).
+pub(crate) async fn sweep_expired(executor: &DockerExecutor) -> Result<Vec<String>, ExecutorError> {
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_owned(),
+            vec![LABEL_ENGINE.to_owned(), LABEL_DEADLINE.to_owned()],
+        )])),
+        ..ListContainersOptions::default()
+    };
+    let containers = executor
+        .docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|error| executor.engine_error("list containers", error))?;
+
+    let now = SystemTime::now();
+    let mut removed = Vec::new();
+    for container in containers {
+        let Some(id) = container.id.clone() else {
+            continue;
+        };
+        let expired =
+            label(&container, LABEL_DEADLINE).is_some_and(|value| deadline_expired(value, now));
+        if !expired {
+            continue;
+        }
+        let instance = label(&container, LABEL_ENGINE)
+            .unwrap_or_default()
+            .to_owned();
+        let options = bollard::query_parameters::RemoveContainerOptions {
+            v: true,
+            force: true,
+            link: false,
+        };
+        match executor.docker.remove_container(&id, Some(options)).await {
+            Ok(()) => {
+                info!(executor = EXECUTOR, container_id = short_id(&id), instance = %instance, "removed a container whose deadline expired");
+                removed.push(id);
+            }
+            Err(error) if status_code(&error) == Some(404) => {}
+            // Best effort: another engine may be removing the same container.
+            Err(error) => {
+                warn!(executor = EXECUTOR, container_id = short_id(&id), instance = %instance, error = %error, "removing a container whose deadline expired failed");
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes this engine's containers whose job is not in `keep_job_ids`, then those of any
+/// instance whose deadline expired. See [`Executor::sweep`](agentrun_executor::Executor::sweep).
 pub(crate) async fn sweep(
     executor: &DockerExecutor,
     keep_job_ids: &[u64],
 ) -> Result<Vec<String>, ExecutorError> {
+    let mut removed = sweep_expired(executor).await?;
     let containers = list_containers(executor, &[]).await?;
-    let mut removed = Vec::new();
     let mut failures = Vec::new();
     for container in containers {
         let Some(id) = container.id.clone() else {

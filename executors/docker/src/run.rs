@@ -8,8 +8,9 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use agentrun_executor::{
-    CancellationToken, ExecutorError, ExitStatus, JobEnd, JobOutcome, JobSpec, Limits,
-    OutputCapture, Prepared, Target, LABEL_AGENT_ID, LABEL_ENGINE, LABEL_INTEGRATION, LABEL_JOB_ID,
+    deadline_label, init_exec_fault, CancellationToken, ExecutorError, ExitStatus, JobEnd,
+    JobOutcome, JobSpec, Limits, OutputCapture, Prepared, Target, LABEL_AGENT_ID, LABEL_DEADLINE,
+    LABEL_ENGINE, LABEL_INTEGRATION, LABEL_JOB_ID,
 };
 use bollard::container::{AttachContainerResults, LogOutput};
 use bollard::errors::Error as BollardError;
@@ -47,7 +48,14 @@ pub(crate) async fn run(
         executor = EXECUTOR,
         container_id = tracing::field::Empty,
     );
-    run_in_span(executor, prepared, job).instrument(span).await
+    let image = match &prepared.target {
+        Target::Image { reference } => reference.as_str(),
+        _ => "",
+    };
+    run_in_span(executor, prepared, job)
+        .instrument(span)
+        .await
+        .map_err(|error| error.into_agent_start_fault(image))
 }
 
 async fn run_in_span(
@@ -85,6 +93,20 @@ async fn run_in_span(
 
     let (end, exit, capture) = result?;
     let (stdout, stderr_tail, stderr_total_bytes) = capture.finish();
+    if executor.config.init && end == JobEnd::Exited && !exit.success() && stdout.is_empty() {
+        // The init could not execute the agent: a fault of the package, as when runc reports
+        // it without an init.
+        if let Some((program, fault)) = init_exec_fault(&String::from_utf8_lossy(&stderr_tail)) {
+            let image = match &prepared.target {
+                Target::Image { reference } => reference.clone(),
+                _ => String::new(),
+            };
+            return Err(ExecutorError::InvalidPackage {
+                path: image.into(),
+                reason: fault.reason(program.as_deref()),
+            });
+        }
+    }
     debug!(
         exit_code = exit.code(),
         end = ?end,
@@ -561,6 +583,7 @@ pub(crate) fn container_body(
         (LABEL_AGENT_ID.to_owned(), prepared.agent_id.clone()),
         (LABEL_INTEGRATION.to_owned(), prepared.integration.clone()),
         (LABEL_JOB_ID.to_owned(), job.job_id.to_string()),
+        (LABEL_DEADLINE.to_owned(), deadline_label(job.timeout)),
     ]);
 
     Ok(ContainerCreateBody {
@@ -652,6 +675,7 @@ fn host_config(config: &DockerConfig, limits: &Limits) -> HostConfig {
         // Removal is explicit, so a failed job's container stays inspectable until then and
         // recovery after a restart can still read a finished container's logs.
         auto_remove: Some(false),
+        init: Some(config.init),
         ..HostConfig::default()
     }
 }
@@ -696,6 +720,8 @@ mod tests {
             labels[LABEL_AGENT_ID],
             "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
         );
+        assert!(labels[LABEL_DEADLINE].parse::<u64>().is_ok());
+        assert_eq!(body.host_config.and_then(|host| host.init), Some(true));
     }
 
     #[test]

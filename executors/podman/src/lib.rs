@@ -123,6 +123,12 @@ pub struct PodmanConfig {
     /// The `podman` program used to start a private service, as a name looked up in `PATH` or
     /// a path. Default `podman`.
     pub podman_binary: PathBuf,
+    /// Runs each job container's agent under Podman's init process (`init`, catatonit by
+    /// default), so that the agent is not PID 1. The kernel ignores a signal without a handler
+    /// sent to PID 1, so without an init an agent that kills itself (`kill -SEGV $$`) runs on,
+    /// while under the init it ends with `128 + signal` as on the subprocess backend. Default
+    /// true.
+    pub init: bool,
     /// Limit on one image build, in seconds. Default 600.
     pub build_timeout_secs: u64,
     /// Number of containers kept created and started ahead of demand for each distinct
@@ -147,6 +153,7 @@ impl Default for PodmanConfig {
             network: None,
             service_idle_secs: DEFAULT_SERVICE_IDLE_SECS,
             podman_binary: PathBuf::from(DEFAULT_PODMAN_BINARY),
+            init: true,
             build_timeout_secs: DEFAULT_BUILD_TIMEOUT_SECS,
             warm_pool_size: DEFAULT_WARM_POOL_SIZE,
             warm_pool_idle_secs: DEFAULT_WARM_POOL_IDLE_SECS,
@@ -288,6 +295,30 @@ impl Executor for PodmanExecutor {
         recover::sweep(self, keep_job_ids).await
     }
 
+    async fn sweep_expired(&self) -> Result<Vec<String>, ExecutorError> {
+        recover::sweep_expired(self).await
+    }
+
+    /// Kills every process below the private Podman service, which during a build are its
+    /// `RUN` steps: Podman does not stop a build whose client went away, but a killed step
+    /// fails the build, which then removes its working container. Returns false on a socket
+    /// the executor found, whose processes may belong to other users.
+    fn stop_builds(&self) -> bool {
+        match self.service_pid() {
+            Some(pid) => {
+                let killed = service::kill_descendants(pid);
+                tracing::info!(
+                    executor = EXECUTOR,
+                    pid,
+                    killed,
+                    "stopped the builds of the private podman service"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn release(&self, prepared: &Prepared) -> Result<(), ExecutorError> {
         prepare::release(self, prepared).await
     }
@@ -305,6 +336,7 @@ mod tests {
         assert_eq!(config.service_idle_secs, 300);
         assert_eq!(config.podman_binary, PathBuf::from("podman"));
         assert_eq!(config.build_timeout_secs, 600);
+        assert!(config.init);
         assert_eq!(config.ulimits, Ulimits::default());
         assert_eq!(config.socket, None);
         assert_eq!(config.runtime, None);
@@ -322,6 +354,7 @@ mod tests {
             service_idle_secs = 0
             podman_binary = "/usr/bin/podman"
             build_timeout_secs = 30
+            init = false
 
             [ulimits]
             nofile = 1024
@@ -339,6 +372,7 @@ mod tests {
         assert_eq!(config.service_idle_secs, 0);
         assert_eq!(config.podman_binary, PathBuf::from("/usr/bin/podman"));
         assert_eq!(config.build_timeout_secs, 30);
+        assert!(!config.init);
         assert_eq!(config.ulimits.nofile, Some(1024));
         assert_eq!(config.ulimits.nproc, Some(512));
     }

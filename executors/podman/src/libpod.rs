@@ -275,6 +275,8 @@ pub(crate) struct CreateSpec {
     pub(crate) user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) oci_runtime: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) init: bool,
     pub(crate) log_configuration: LogConfiguration,
 }
 
@@ -931,6 +933,7 @@ mod tests {
                 nsmode: "none".to_owned(),
                 value: None,
             }),
+            init: true,
             log_configuration: LogConfiguration {
                 driver: "k8s-file".to_owned(),
             },
@@ -946,6 +949,7 @@ mod tests {
                 "no_new_privileges": true,
                 "r_limits": [{"type": "nofile", "soft": 1024, "hard": 1024}],
                 "netns": {"nsmode": "none"},
+                "init": true,
                 "log_configuration": {"driver": "k8s-file"},
             })
         );

@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agentrun_executor::{ExecutorError, JobSpec, OutputCapture, LABEL_JOB_ID};
+use agentrun_executor::{ExecutorError, JobSpec, OutputCapture, LABEL_DEADLINE, LABEL_JOB_ID};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn, Instrument};
@@ -462,24 +462,26 @@ impl Drop for Watch {
     }
 }
 
-/// Returns the specification of a pooled container: the job's without its name and job-id
-/// label, with [`LABEL_WARM_POOL`].
+/// Returns the specification of a pooled container: the job's without its name and job-id and
+/// deadline labels, with [`LABEL_WARM_POOL`].
 fn pool_spec(spec: &CreateSpec) -> CreateSpec {
     let mut spec = spec.clone();
     spec.name = None;
     spec.labels.remove(LABEL_JOB_ID);
+    spec.labels.remove(LABEL_DEADLINE);
     spec.labels
         .insert(LABEL_WARM_POOL.to_owned(), "true".to_owned());
     spec
 }
 
 /// Returns the pool key of a job's specification: the socket it runs on and the specification
-/// without its name and job-id label, as JSON. The specification's maps are sorted, so equal
+/// without its name and job-id and deadline labels, as JSON. The specification's maps are sorted, so equal
 /// specifications give equal keys.
 pub(crate) fn pool_key(connection: &Connection, spec: &CreateSpec) -> String {
     let mut spec = spec.clone();
     spec.name = None;
     spec.labels.remove(LABEL_JOB_ID);
+    spec.labels.remove(LABEL_DEADLINE);
     let json = match serde_json::to_string(&spec) {
         Ok(json) => json,
         // The specification is plain data, which always serializes; an error would only make
@@ -560,6 +562,7 @@ mod tests {
             labels: BTreeMap::from([
                 (LABEL_ENGINE.to_owned(), "agentrun".to_owned()),
                 (LABEL_JOB_ID.to_owned(), job_id.to_owned()),
+                (LABEL_DEADLINE.to_owned(), format!("17000000{job_id}")),
             ]),
             ..CreateSpec::default()
         }
@@ -597,6 +600,7 @@ mod tests {
     #[test]
     fn pool_spec_swaps_job_label_and_name() {
         let pooled = pool_spec(&spec("7", &[]));
+        assert!(!pooled.labels.contains_key(LABEL_DEADLINE));
         assert_eq!(pooled.name, None);
         assert!(!pooled.labels.contains_key(LABEL_JOB_ID));
         assert_eq!(pooled.labels[LABEL_WARM_POOL], "true");

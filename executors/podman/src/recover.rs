@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentrun_executor::{
-    ExecutorError, ExitStatus, JobEnd, JobOutcome, OutputCapture, LABEL_ENGINE, LABEL_JOB_ID,
+    deadline_expired, ExecutorError, ExitStatus, JobEnd, JobOutcome, OutputCapture, LABEL_DEADLINE,
+    LABEL_ENGINE, LABEL_JOB_ID,
 };
 use futures_util::StreamExt;
 use podman_api::conn::TtyChunk;
@@ -123,12 +124,45 @@ pub(crate) async fn recover(
     .await
 }
 
-/// Removes this engine's containers whose job id is not in `keep_job_ids`. See
-/// [`Executor::sweep`](agentrun_executor::Executor::sweep).
+/// Removes the containers of any engine instance whose deadline label expired. See
+/// [`Executor::sweep_expired`](agentrun_executor::Executor::sweep_expired).
+pub(crate) async fn sweep_expired(executor: &PodmanExecutor) -> Result<Vec<String>, ExecutorError> {
+    let connection = executor.connection().await?;
+    let containers = list_containers(
+        &connection,
+        vec![
+            ContainerListFilter::LabelKey(LABEL_ENGINE.to_owned()),
+            ContainerListFilter::LabelKey(LABEL_DEADLINE.to_owned()),
+        ],
+    )
+    .await?;
+
+    let now = SystemTime::now();
+    let mut removed = Vec::new();
+    for container in containers {
+        let Some(id) = container.id else { continue };
+        let labels = container.labels.unwrap_or_default();
+        let expired = labels
+            .get(LABEL_DEADLINE)
+            .is_some_and(|value| deadline_expired(value, now));
+        if !expired {
+            continue;
+        }
+        let instance = labels.get(LABEL_ENGINE).cloned().unwrap_or_default();
+        remove_container(&connection, &id).await?;
+        info!(executor = EXECUTOR, container_id = %id, instance = %instance, "removed a container whose deadline expired");
+        removed.push(id);
+    }
+    Ok(removed)
+}
+
+/// Removes this engine's containers whose job id is not in `keep_job_ids`, then those of any
+/// instance whose deadline expired. See [`Executor::sweep`](agentrun_executor::Executor::sweep).
 pub(crate) async fn sweep(
     executor: &PodmanExecutor,
     keep_job_ids: &[u64],
 ) -> Result<Vec<String>, ExecutorError> {
+    let mut removed = sweep_expired(executor).await?;
     let connection = executor.connection().await?;
     let containers = list_containers(
         &connection,
@@ -139,7 +173,6 @@ pub(crate) async fn sweep(
     )
     .await?;
 
-    let mut removed = Vec::new();
     for container in containers {
         let Some(id) = container.id else { continue };
         let job_id = container

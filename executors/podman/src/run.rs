@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentrun_executor::{
-    CancellationToken, ExecutorError, ExitStatus, JobEnd, JobOutcome, JobSpec, OutputCapture,
-    Prepared, Target, LABEL_AGENT_ID, LABEL_ENGINE, LABEL_INTEGRATION, LABEL_JOB_ID,
+    deadline_label, init_exec_fault, CancellationToken, ExecFault, ExecutorError, ExitStatus,
+    JobEnd, JobOutcome, JobSpec, OutputCapture, Prepared, Target, LABEL_AGENT_ID, LABEL_DEADLINE,
+    LABEL_ENGINE, LABEL_INTEGRATION, LABEL_JOB_ID,
 };
 use podman_api::opts::ContainerDeleteOpts;
 use tokio::io::AsyncWriteExt;
@@ -104,9 +105,34 @@ pub(crate) async fn run(
         if let Some(pool) = &executor.pool {
             pool.replenish(&connection, &prepared.integration, &spec);
         }
-        let ran = ran?;
+        let ran = ran.map_err(|error| error.into_agent_start_fault(reference))?;
 
         let outcome = finish(ran, capture, started_at, started);
+        if executor.config.init
+            && outcome.end == JobEnd::Exited
+            && !outcome.exit.success()
+            && outcome.stdout.is_empty()
+        {
+            // The init could not execute the agent: a fault of the package, as when runc
+            // reports it without an init.
+            if let Some((program, fault)) = init_exec_fault(&outcome.stderr_text()) {
+                let program = match program {
+                    Some(program) => Some(program),
+                    None => image_program(&connection, reference).await,
+                };
+                // A name without `/` is looked up in PATH, so "not found" means not on it.
+                let fault = match (&program, fault) {
+                    (Some(program), ExecFault::NotFound) if !program.contains('/') => {
+                        ExecFault::NotOnPath
+                    }
+                    (_, fault) => fault,
+                };
+                return Err(ExecutorError::InvalidPackage {
+                    path: reference.into(),
+                    reason: fault.reason(program.as_deref()),
+                });
+            }
+        }
         info!(
             exit_code = outcome.exit.code(),
             end = ?outcome.end,
@@ -119,6 +145,26 @@ pub(crate) async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Returns the program that the image's ENTRYPOINT (else its CMD) starts, or `None` when the
+/// image cannot be inspected. catatonit, Podman's init, does not name it when it fails.
+async fn image_program(connection: &Connection, image: &str) -> Option<String> {
+    let data = match connection.podman.images().get(image).inspect().await {
+        Ok(data) => data,
+        Err(error) => {
+            debug!(error = %error, image, "inspecting the image for its program failed");
+            return None;
+        }
+    };
+    let config = data.config?;
+    let entrypoint = config.entrypoint.unwrap_or_default();
+    let command = if entrypoint.is_empty() {
+        config.cmd.unwrap_or_default()
+    } else {
+        entrypoint
+    };
+    command.into_iter().next()
 }
 
 /// The result of running a job's container.
@@ -810,6 +856,7 @@ pub(crate) fn container_spec(
         (LABEL_AGENT_ID.to_owned(), prepared.agent_id.clone()),
         (LABEL_INTEGRATION.to_owned(), prepared.integration.clone()),
         (LABEL_JOB_ID.to_owned(), job.job_id.to_string()),
+        (LABEL_DEADLINE.to_owned(), deadline_label(job.timeout)),
     ]);
 
     let mut r_limits = Vec::new();
@@ -882,6 +929,7 @@ pub(crate) fn container_spec(
         networks,
         user: limits.user.clone(),
         oci_runtime: config.runtime.clone(),
+        init: config.init,
         // Recovery after an engine restart reads the output through the logs endpoint. k8s-file
         // keeps it in a file that endpoint reads, while journald may not run and passthrough
         // keeps nothing.
@@ -1000,8 +1048,17 @@ mod tests {
         assert!(json.get("netns").is_none());
         assert!(json.get("r_limits").is_none());
         assert!(json.get("resource_limits").is_none());
+        assert_eq!(json["init"], true);
+        let mut labels = json["labels"].clone();
+        let deadline = labels
+            .as_object_mut()
+            .and_then(|labels| labels.remove(LABEL_DEADLINE))
+            .expect("a deadline label");
+        assert!(deadline
+            .as_str()
+            .is_some_and(|value| value.parse::<u64>().is_ok()));
         assert_eq!(
-            json["labels"],
+            labels,
             serde_json::json!({
                 "io.agentrun.engine": "agentrun",
                 "io.agentrun.agent-id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301",

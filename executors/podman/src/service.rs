@@ -346,6 +346,59 @@ impl Drop for ServiceProcess {
     }
 }
 
+/// Sends SIGKILL to every descendant of process `root` (not to `root` itself) and returns how
+/// many were signalled. Runs twice, for children forked while the first pass ran.
+pub(crate) fn kill_descendants(root: u32) -> usize {
+    let mut killed = std::collections::HashSet::new();
+    for _ in 0..2 {
+        for pid in descendants(root) {
+            // Process ids fit in an i32 on Linux (pid_max is at most 2^22).
+            if kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+                killed.insert(pid);
+            }
+        }
+    }
+    killed.len()
+}
+
+/// Returns the pids of every descendant of `root`, read from `/proc/PID/stat`.
+fn descendants(root: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The parent pid is the second field after the command name, which is in parentheses
+        // and may contain spaces.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|field| field.parse::<u32>().ok());
+        if let Some(parent) = parent {
+            children.entry(parent).or_default().push(pid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
+            found.push(child);
+            queue.push(child);
+        }
+    }
+    found
+}
+
 /// Creates the lock file of a new private directory and locks it for this process.
 fn lock_dir(dir: &Path) -> io::Result<Flock<File>> {
     let new_path = dir.join(NEW_LOCK_NAME);

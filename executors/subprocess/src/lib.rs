@@ -63,8 +63,9 @@ mod isolation;
 mod prepare;
 mod process;
 mod run;
+mod state;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -97,6 +98,11 @@ pub struct SubprocessConfig {
     /// its process group was killed. Only a process that left the group can keep the pipes
     /// open that long. Default: [`DEFAULT_DRAIN_AFTER_EXIT_MS`].
     pub drain_after_exit_ms: u64,
+    /// Folder for a record of each running job (its process group and start time), so that
+    /// after an engine killed with SIGKILL, [`Executor::recover`] and [`Executor::sweep`] stop
+    /// the agents it left running. The service sets `<data_dir>/run` when this is not set.
+    /// Default: none, so nothing is recorded and nothing can be recovered.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for SubprocessConfig {
@@ -104,6 +110,7 @@ impl Default for SubprocessConfig {
         Self {
             home_parent: None,
             drain_after_exit_ms: DEFAULT_DRAIN_AFTER_EXIT_MS,
+            state_dir: None,
         }
     }
 }
@@ -251,6 +258,65 @@ impl Executor for SubprocessExecutor {
             .instrument(span)
             .await
     }
+
+    /// Kills the process group that job `job_id` left running when an earlier engine process
+    /// was killed, if the state folder records it and its leader still runs with the recorded
+    /// start time. Returns `Ok(None)`: the output of such a job is lost.
+    async fn recover(
+        &self,
+        job_id: u64,
+        _timeout: Duration,
+        _max_stdout_bytes: usize,
+        _stderr_tail_bytes: usize,
+    ) -> Result<Option<JobOutcome>, ExecutorError> {
+        let Some(dir) = self.config.state_dir.clone() else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || stop_job(&dir, job_id))
+            .await
+            .map_err(|error| run::runtime_error("recover job", error.to_string()))??;
+        Ok(None)
+    }
+
+    /// Kills the process groups of every job in the state folder whose id is not in
+    /// `keep_job_ids`, as [`recover`](Executor::recover) does for one job. Returns nothing,
+    /// since subprocess jobs have no containers.
+    async fn sweep(&self, keep_job_ids: &[u64]) -> Result<Vec<String>, ExecutorError> {
+        let Some(dir) = self.config.state_dir.clone() else {
+            return Ok(Vec::new());
+        };
+        let keep = keep_job_ids.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let jobs = state::recorded_jobs(&dir).map_err(|source| {
+                ExecutorError::io(format!("list job records in {}", dir.display()), source)
+            })?;
+            for job_id in jobs.into_iter().filter(|job_id| !keep.contains(job_id)) {
+                stop_job(&dir, job_id)?;
+            }
+            Ok::<_, ExecutorError>(())
+        })
+        .await
+        .map_err(|error| run::runtime_error("sweep jobs", error.to_string()))??;
+        Ok(Vec::new())
+    }
+}
+
+/// Stops one recorded job's process group, logging what was done.
+fn stop_job(dir: &Path, job_id: u64) -> Result<(), ExecutorError> {
+    let killed = state::stop_recorded(dir, job_id).map_err(|source| {
+        ExecutorError::io(
+            format!("stop job {job_id} recorded in {}", dir.display()),
+            source,
+        )
+    })?;
+    if killed {
+        tracing::info!(
+            job_id,
+            executor = EXECUTOR_NAME,
+            "killed the agent that an earlier engine process left running"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::isolation;
 use crate::process::{ExitWatch, ProcessGroup};
+use crate::state;
 use crate::{SubprocessExecutor, AGENT_LANG, EXECUTOR_NAME, MINIMAL_PATH};
 
 /// Maximum job timeout. Longer timeouts are cut to it, so adding the timeout to the start time
@@ -91,6 +92,16 @@ pub(crate) async fn run_job(
         .id()
         .ok_or_else(|| runtime_error("start agent", "the agent has no process id".to_owned()))?;
     let mut group = ProcessGroup::new(pid);
+    // Removed when the job ends on every path, also when this future is dropped halfway.
+    let _record = match &executor.config.state_dir {
+        Some(dir) => Some(state::record(dir, job.job_id, pid).map_err(|source| {
+            ExecutorError::io(
+                format!("record job {} in {}", job.job_id, dir.display()),
+                source,
+            )
+        })?),
+        None => None,
+    };
     let exit_watch = ExitWatch::new(pid)
         .map_err(|source| ExecutorError::io(format!("watch agent process {pid}"), source))?;
     tracing::debug!(

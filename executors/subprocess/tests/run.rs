@@ -625,6 +625,106 @@ async fn run_dropped_future_kills_group() {
     }
 }
 
+/// Starts a [`PID_FILE_SCRIPT`] job with `executor` and leaks its future once both pids are
+/// written, so that nothing of the job is dropped: the agent runs on and its record stays, as
+/// after an engine killed with SIGKILL. Returns the pids.
+async fn leak_running_job(
+    executor: &SubprocessExecutor,
+    prepared: &Prepared,
+    job_id: u64,
+    pid_file: &Path,
+) -> Vec<u32> {
+    let mut job = work_job(job_id, None, "x");
+    job.env = vec![("PID_FILE".to_owned(), pid_file.display().to_string())];
+    let mut run = Box::pin(executor.run(prepared, job));
+    let started = tokio::time::timeout(TEST_TIMEOUT, async {
+        tokio::select! {
+            outcome = &mut run => panic!("the agent finished on its own: {outcome:?}"),
+            pids = wait_for_pids(pid_file) => pids,
+        }
+    })
+    .await
+    .expect("the agent wrote its pids in time");
+    std::mem::forget(run);
+    started
+}
+
+/// With a state folder, an agent left running by an engine killed with SIGKILL is killed by
+/// the next executor: `recover` for its job id, and `sweep` for every other record.
+#[tokio::test]
+async fn recover_and_sweep_kill_agents_of_killed_engine() {
+    let state = tempfile::tempdir().expect("temporary folder");
+    let config = SubprocessConfig {
+        state_dir: Some(state.path().join("run")),
+        ..SubprocessConfig::default()
+    };
+    let mut agent = Agent::script(PID_FILE_SCRIPT).await;
+    agent.executor = SubprocessExecutor::new(config.clone());
+    let pid_dir = tempfile::tempdir().expect("temporary folder");
+
+    let recovered_pids = leak_running_job(
+        &agent.executor,
+        &agent.prepared,
+        31,
+        &pid_dir.path().join("a"),
+    )
+    .await;
+    let swept_pids = leak_running_job(
+        &agent.executor,
+        &agent.prepared,
+        32,
+        &pid_dir.path().join("b"),
+    )
+    .await;
+    let kept_pids = leak_running_job(
+        &agent.executor,
+        &agent.prepared,
+        33,
+        &pid_dir.path().join("c"),
+    )
+    .await;
+    assert!(state.path().join("run/31.job").exists());
+
+    // The next engine process.
+    let next = SubprocessExecutor::new(config);
+    let outcome = tokio::time::timeout(TEST_TIMEOUT, next.recover(31, TEST_TIMEOUT, 1024, 1024))
+        .await
+        .expect("recover finished in time")
+        .expect("recover succeeded");
+    assert!(outcome.is_none(), "{outcome:?}");
+    for pid in recovered_pids {
+        assert_gone(pid).await;
+    }
+    assert!(!state.path().join("run/31.job").exists());
+    for pid in &swept_pids {
+        assert!(
+            is_alive(*pid),
+            "recover of job 31 killed process {pid} of job 32"
+        );
+    }
+
+    let removed = tokio::time::timeout(TEST_TIMEOUT, next.sweep(&[33]))
+        .await
+        .expect("sweep finished in time")
+        .expect("sweep succeeded");
+    assert_eq!(removed, Vec::<String>::new());
+    for pid in swept_pids {
+        assert_gone(pid).await;
+    }
+    assert!(!state.path().join("run/32.job").exists());
+    for pid in &kept_pids {
+        assert!(is_alive(*pid), "sweep killed process {pid} of kept job 33");
+    }
+
+    tokio::time::timeout(TEST_TIMEOUT, next.sweep(&[]))
+        .await
+        .expect("sweep finished in time")
+        .expect("sweep succeeded");
+    for pid in kept_pids {
+        assert_gone(pid).await;
+    }
+}
+
 /// A package prepared as an image is rejected.
 #[tokio::test]
 async fn run_rejects_image_target() {
@@ -788,6 +888,32 @@ async fn run_rejects_unknown_user() {
         }
         other => panic!("expected a Runtime error, got {other:?}"),
     }
+}
+
+/// A HOME parent folder that does not exist fails the job with the operating system's reason
+/// in the message.
+#[tokio::test]
+async fn run_missing_home_parent_names_cause() {
+    let mut agent = Agent::script("exit 0").await;
+    let config = SubprocessConfig {
+        home_parent: Some(PathBuf::from("/nonexistent/agentrun-home-parent")),
+        ..SubprocessConfig::default()
+    };
+    agent.executor = SubprocessExecutor::new(config);
+
+    let error = agent
+        .try_run(work_job(28, None, "x"))
+        .await
+        .expect_err("no HOME folder can be created");
+    assert!(matches!(error, ExecutorError::Io { .. }), "{error:?}");
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "create a HOME folder in /nonexistent/agentrun-home-parent failed: No such file or \
+             directory (os error 2)"
+        ),
+        "{text}"
+    );
 }
 
 /// Resource limits reach the agent, as the kernel reports them in `/proc/self/limits`.

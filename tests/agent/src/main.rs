@@ -26,6 +26,7 @@
 //! | `wrong-job-id` | the `echo` reply with `job_id` one higher than the message's |
 //! | `fail` | replies with `return_code` 1 and a message saying that it failed |
 //! | `crash` | no reply; writes `testagent: crashing on purpose` to stderr and exits 3 |
+//! | `self-signal` | no reply; writes `testagent: sending SIGSEGV to itself` to stderr and sends itself SIGSEGV, which ends it unless it is PID 1 (then it writes `testagent: still running after SIGSEGV` and exits 0) |
 //! | `read-eof` | reads stdin to end of file, then gives the `echo` reply with payload field `stdin_bytes`, the number of bytes read |
 //! | `no-stdin` | never reads stdin; replies with `message` `no-stdin`, `job_id` from `TESTAGENT_JOB_ID` (omitted when unset) |
 //! | `hang` | reads the message, then never exits |
@@ -175,6 +176,26 @@ fn handle(case: &str, message: &Message) -> Result<ExitCode, String> {
         "crash" => {
             eprintln!("testagent: crashing on purpose");
             return Ok(ExitCode::from(3));
+        }
+        "self-signal" => {
+            eprintln!("testagent: sending SIGSEGV to itself");
+            // The Rust runtime handles SIGSEGV to detect stack overflows and returns from a
+            // SIGSEGV that no fault caused, so the default action is restored first, as a shell
+            // script that runs `kill -SEGV $$` has it.
+            // SAFETY: signal only changes this process's disposition of SIGSEGV, and kill only
+            // sends a signal; neither touches memory of this process.
+            let sent = unsafe {
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::kill(libc::getpid(), libc::SIGSEGV)
+            };
+            if sent != 0 {
+                return Err(format!(
+                    "sending SIGSEGV failed: {}",
+                    io::Error::last_os_error()
+                ));
+            }
+            // Reached only when the signal was ignored, as it is for PID 1 without a handler.
+            eprintln!("testagent: still running after SIGSEGV");
         }
         "read-eof" => {
             // Read whatever follows the message. When TESTAGENT_CASE chose the case, stdin was
