@@ -8,40 +8,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use harness::{
-    shell_manifest, shell_package, slack_zip, wait_integration_ready, wait_job_final,
-    wait_job_running, zip_folder, Address, Client, ServiceProcess,
+    register_shell, shell_manifest, shell_package, slack_zip, wait_integration_ready,
+    wait_job_final, wait_job_running, zip_folder, Address, Client, ServiceProcess,
 };
 use serde_json::{json, Value};
 
 const SUBPROCESS: &str = "executor = \"subprocess\"\n[health]\ninterval_secs = 0\n";
-
-/// Registers the shell agent under `name` with `env` and waits until it is ready.
-async fn register_shell(client: &Client, dir: &std::path::Path, name: &str, env: Value) -> String {
-    let mut manifest = shell_manifest(name);
-    manifest["env"] = env;
-    let zip = shell_package(&dir.join(format!("package-{name}")));
-    let response = client
-        .multipart(
-            "POST",
-            "/v1/integrations",
-            &[
-                (
-                    "manifest",
-                    "application/json",
-                    manifest.to_string().into_bytes(),
-                ),
-                ("package", "application/zip", zip),
-            ],
-        )
-        .await;
-    assert_eq!(response.status, 202, "{}", response.text());
-    let agent_id = response.json()["agent_id"]
-        .as_str()
-        .expect("agent_id in response")
-        .to_owned();
-    wait_integration_ready(client, &agent_id).await;
-    agent_id
-}
 
 async fn submit(client: &Client, agent_id: &str, values: Value) -> u64 {
     let response = client

@@ -14,7 +14,7 @@ mod harness;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use harness::{shell_manifest, shell_package, wait_integration_ready, Client, ServiceProcess};
+use harness::{register_shell, ServiceProcess};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -311,32 +311,6 @@ async fn start_service(dir: &Path, config: &str) -> ServiceProcess {
     let mut service = ServiceProcess::start(dir, config, &[]);
     service.wait_ready().await;
     service
-}
-
-/// Registers the shell agent's integration called `name` and waits until it is ready.
-async fn register_shell(client: &Client, dir: &Path, name: &str) -> String {
-    let zip = shell_package(&dir.join(format!("package-{name}")));
-    let response = client
-        .multipart(
-            "POST",
-            "/v1/integrations",
-            &[
-                (
-                    "manifest",
-                    "application/json",
-                    shell_manifest(name).to_string().into_bytes(),
-                ),
-                ("package", "application/zip", zip),
-            ],
-        )
-        .await;
-    assert_eq!(response.status, 202, "{}", response.text());
-    let agent_id = response.json()["agent_id"]
-        .as_str()
-        .expect("agent_id in response")
-        .to_owned();
-    wait_integration_ready(client, &agent_id).await;
-    agent_id
 }
 
 fn post_json(path: &str) -> String {
@@ -702,7 +676,7 @@ async fn huge_field_counts_get_bounded_422() {
     let dir = tempfile::tempdir().expect("temp dir");
     let service = start_service(dir.path(), CONFIG).await;
     let client = service.client();
-    let agent_id = register_shell(&client, dir.path(), "Counter").await;
+    let agent_id = register_shell(&client, dir.path(), "Counter", Value::Null).await;
     let jobs = format!("/v1/integrations/{agent_id}/jobs");
 
     // 100,000 unknown field values: short names keep the body under 1 MiB.
@@ -995,7 +969,7 @@ async fn actions_element_without_section() {
     let dir = tempfile::tempdir().expect("temp dir");
     let service = start_service(dir.path(), CONFIG).await;
     let client = service.client();
-    register_shell(&client, dir.path(), "Nodes").await;
+    register_shell(&client, dir.path(), "Nodes", Value::Null).await;
 
     let response = client.get("/v1/actions?section_element=nodes").await;
     assert_eq!(response.status, 200, "{}", response.text());
@@ -1079,7 +1053,7 @@ async fn env_patch_log_line_is_bounded() {
     let config = CONFIG.replace("request_timeout_secs = 4", "request_timeout_secs = 300");
     let service = start_service(dir.path(), &config).await;
     let client = service.client();
-    let agent_id = register_shell(&client, dir.path(), "Env").await;
+    let agent_id = register_shell(&client, dir.path(), "Env", Value::Null).await;
 
     let patch: serde_json::Map<String, Value> = (0..50_000)
         .map(|index| (format!("V{index}"), json!("")))

@@ -5,37 +5,11 @@
 mod harness;
 
 use harness::{
-    shell_manifest, shell_package, wait_integration_ready, wait_job_running, Client, ServiceProcess,
+    register_shell, shell_manifest, shell_package, wait_job_running, Client, ServiceProcess,
 };
 use serde_json::{json, Value};
 
 const SUBPROCESS: &str = "executor = \"subprocess\"\n[health]\ninterval_secs = 0\n";
-
-/// Registers the shell agent under `name` and waits until it is ready; returns its agentID.
-async fn register_shell(client: &Client, dir: &std::path::Path, name: &str) -> String {
-    let zip = shell_package(&dir.join(format!("package-{name}")));
-    let response = client
-        .multipart(
-            "POST",
-            "/v1/integrations",
-            &[
-                (
-                    "manifest",
-                    "application/json",
-                    shell_manifest(name).to_string().into_bytes(),
-                ),
-                ("package", "application/zip", zip),
-            ],
-        )
-        .await;
-    assert_eq!(response.status, 202, "{}", response.text());
-    let agent_id = response.json()["agent_id"]
-        .as_str()
-        .expect("agent_id in response")
-        .to_owned();
-    wait_integration_ready(client, &agent_id).await;
-    agent_id
-}
 
 /// A `?wait=true` request whose wait runs out returns the job as it is then, not as it was
 /// when it was queued.
@@ -46,7 +20,7 @@ async fn wait_timeout_returns_current_record() {
     let mut service = ServiceProcess::start(dir.path(), &config, &[]);
     service.wait_ready().await;
     let client = service.client();
-    let agent_id = register_shell(&client, dir.path(), "Sleeper").await;
+    let agent_id = register_shell(&client, dir.path(), "Sleeper", Value::Null).await;
 
     let response = client
         .json(
@@ -74,7 +48,7 @@ async fn duplicate_keys_get_422() {
     let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
     service.wait_ready().await;
     let client = service.client();
-    let agent_id = register_shell(&client, dir.path(), "Twice").await;
+    let agent_id = register_shell(&client, dir.path(), "Twice", Value::Null).await;
 
     let body = br#"{"values": {"sleep": "1", "sleep": "2"}}"#.to_vec();
     let response = client
@@ -135,7 +109,7 @@ async fn jobs_filter_unknown_integration_is_404() {
         );
     }
 
-    let agent_id = register_shell(&client, dir.path(), "Listed").await;
+    let agent_id = register_shell(&client, dir.path(), "Listed", Value::Null).await;
     let response = client.get("/v1/jobs?integration=Listed").await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["jobs"], json!([]));
@@ -325,7 +299,7 @@ async fn message_over_limit_gets_422() {
     let mut service = ServiceProcess::start(dir.path(), &config, &[]);
     service.wait_ready().await;
     let client = service.client();
-    let agent_id = register_shell(&client, dir.path(), "Bounded").await;
+    let agent_id = register_shell(&client, dir.path(), "Bounded", Value::Null).await;
     let jobs = format!("/v1/integrations/{agent_id}/jobs");
 
     let response = client

@@ -9,38 +9,10 @@ use std::time::Duration;
 
 use agentrun::backends::ExecutorKind;
 
-use harness::{
-    shell_manifest, shell_package, wait_integration_ready, wait_job_running, Client, ServiceProcess,
-};
-use serde_json::json;
+use harness::{register_shell, wait_job_running, ServiceProcess};
+use serde_json::{json, Value};
 
 const SUBPROCESS: &str = "executor = \"subprocess\"\n[health]\ninterval_secs = 0\n";
-
-/// Registers the shell agent under `name` and waits until it is ready; returns its agentID.
-async fn register_shell(client: &Client, dir: &std::path::Path, name: &str) -> String {
-    let zip = shell_package(&dir.join(format!("package-{name}")));
-    let response = client
-        .multipart(
-            "POST",
-            "/v1/integrations",
-            &[
-                (
-                    "manifest",
-                    "application/json",
-                    shell_manifest(name).to_string().into_bytes(),
-                ),
-                ("package", "application/zip", zip),
-            ],
-        )
-        .await;
-    assert_eq!(response.status, 202, "{}", response.text());
-    let agent_id = response.json()["agent_id"]
-        .as_str()
-        .expect("agent_id in response")
-        .to_owned();
-    wait_integration_ready(client, &agent_id).await;
-    agent_id
-}
 
 /// A second service on the same data folder exits with status 2 before it changes anything,
 /// naming the folder and the first service's pid; the first one goes on working.
@@ -137,7 +109,7 @@ async fn drain_serves_reads() {
     let mut service = ServiceProcess::start(dir.path(), SUBPROCESS, &[]);
     service.wait_ready().await;
     let client = service.client();
-    let agent_id = register_shell(&client, dir.path(), "Sleeper").await;
+    let agent_id = register_shell(&client, dir.path(), "Sleeper", Value::Null).await;
     let response = client
         .json(
             "POST",
@@ -201,7 +173,7 @@ async fn delete_then_register_again(config: &str) {
     let mut service = ServiceProcess::start(dir.path(), config, &[]);
     service.wait_ready().await;
     let client = service.client();
-    let agent_id = register_shell(&client, dir.path(), "Sleeper").await;
+    let agent_id = register_shell(&client, dir.path(), "Sleeper", Value::Null).await;
     let response = client
         .json(
             "POST",
@@ -215,7 +187,7 @@ async fn delete_then_register_again(config: &str) {
 
     let deleted = client.delete(&format!("/v1/integrations/{agent_id}")).await;
     assert_eq!(deleted.status, 200, "{}", deleted.text());
-    let again = register_shell(&client, dir.path(), "Sleeper").await;
+    let again = register_shell(&client, dir.path(), "Sleeper", Value::Null).await;
     assert_eq!(again, agent_id);
     // The cleanup waits for the cancelled job to end, and may run before or after the second
     // registration; either way the new integration's folder and image must remain.

@@ -312,6 +312,37 @@ pub fn shell_manifest(name: &str) -> serde_json::Value {
     })
 }
 
+/// Registers the shell agent's integration called `name`, with `env` as the manifest's `[env]`
+/// unless it is `null`, and waits until it is ready. Returns its agentID.
+pub async fn register_shell(client: &Client, dir: &Path, name: &str, env: Value) -> String {
+    let mut manifest = shell_manifest(name);
+    if !env.is_null() {
+        manifest["env"] = env;
+    }
+    let zip = shell_package(&dir.join(format!("package-{name}")));
+    let response = client
+        .multipart(
+            "POST",
+            "/v1/integrations",
+            &[
+                (
+                    "manifest",
+                    "application/json",
+                    manifest.to_string().into_bytes(),
+                ),
+                ("package", "application/zip", zip),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 202, "{}", response.text());
+    let agent_id = response.json()["agent_id"]
+        .as_str()
+        .expect("agent_id in response")
+        .to_owned();
+    wait_integration_ready(client, &agent_id).await;
+    agent_id
+}
+
 /// Writes the shell agent's package (a Dockerfile on `agentrun-busybox`) into `dir` and
 /// returns it zipped.
 pub fn shell_package(dir: &Path) -> Vec<u8> {
