@@ -16,6 +16,8 @@ use crate::manifest::ManifestError;
 use crate::package::PackageError;
 use crate::protocol::ReplyError;
 
+pub use agentrun_executor::error_chain;
+
 /// Any failure of a command before or around a job. An agent that runs and misbehaves is not an
 /// error but a [`WorkResult`] or [`HealthReport`] with that outcome.
 #[derive(Debug, thiserror::Error)]
@@ -69,23 +71,6 @@ impl From<ResolveError> for Error {
             ResolveError::TooLarge(error) => Self::MessageTooLarge(error),
         }
     }
-}
-
-/// Formats an error and its sources as `outer: inner: innermost`, so that the OS error behind
-/// "reading X failed" is not lost where only one line of text is kept.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors repeat their source's message; print each message once.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The exit statuses of the `agentrun` binary. See the [module documentation](self).

@@ -204,9 +204,50 @@ pub fn init_exec_fault(stderr: &str) -> Option<(Option<String>, ExecFault)> {
     Some((program, fault))
 }
 
+/// Formats an error and its sources as `outer: inner: innermost` on one line, so that the cause
+/// behind "reading X failed" or a transport's "connection refused" is not lost where only one
+/// line of text is kept. A source whose message the text already holds is not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each cause appears once, after the outer message, and a cause whose text the outer
+    /// message already quotes is not repeated.
+    #[test]
+    fn error_chain_joins_causes_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{text}")]
+        struct Outer {
+            text: String,
+            #[source]
+            cause: std::io::Error,
+        }
+        let cause = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let plain = Outer {
+            text: "reading /x failed".to_owned(),
+            cause: cause(),
+        };
+        assert_eq!(error_chain(&plain), "reading /x failed: no such file");
+        let quoting = Outer {
+            text: "reading /x failed: no such file".to_owned(),
+            cause: cause(),
+        };
+        assert_eq!(error_chain(&quoting), "reading /x failed: no such file");
+    }
 
     fn runtime(message: &str) -> ExecutorError {
         ExecutorError::Runtime {

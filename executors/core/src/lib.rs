@@ -39,7 +39,7 @@ mod package;
 pub use capture::OutputCapture;
 pub use context::{build_context_tar, write_context_tar};
 pub use dockerfile::check_dockerfile;
-pub use error::{init_exec_fault, ExecFault, ExecutorError};
+pub use error::{error_chain, init_exec_fault, ExecFault, ExecutorError};
 pub use job::{
     ExitStatus, JobEnd, JobOutcome, JobSpec, Limits, MessageKind, DEFAULT_MAX_STDOUT_BYTES,
     DEFAULT_STDERR_TAIL_BYTES, DEFAULT_TIMEOUT,

@@ -1,11 +1,10 @@
 //! Connecting to the engine, and turning bollard errors into [`ExecutorError`]s.
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use agentrun_executor::ExecutorError;
+use agentrun_executor::{error_chain, ExecutorError};
 use bollard::errors::Error as BollardError;
 use bollard::Docker;
 use tracing::debug;
@@ -150,22 +149,6 @@ fn not_answering(host: &str) -> ExecutorError {
             CONNECT_TIMEOUT.as_secs()
         ),
     }
-}
-
-/// Formats an error and its sources as one line, since bollard's transport errors keep the
-/// useful part (such as "connection refused") in the source chain.
-fn error_chain(error: &BollardError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

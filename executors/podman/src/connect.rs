@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use agentrun_executor::ExecutorError;
+use agentrun_executor::{error_chain, ExecutorError};
 use podman_api::Podman;
 use tracing::{debug, info, warn};
 
@@ -537,22 +537,6 @@ fn is_connection_error(error: &podman_api::Error) -> bool {
         error,
         podman_api::Error::IO(_) | podman_api::Error::Error(ConnError::IO(_) | ConnError::Hyper(_))
     )
-}
-
-/// Formats an error and its sources as one line, since the transport's errors keep the useful
-/// part (such as "connection refused") in the source chain.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
