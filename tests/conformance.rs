@@ -836,13 +836,18 @@ async fn wait_for_process_with(marker: &str) {
     }
 }
 
-/// Returns true while a process with this pid exists and is not a zombie.
+/// Returns true while a process with this pid has a thread that is not a zombie.
 fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name in parentheses, which may itself contain spaces.
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
-    }
+    // A process whose main thread has exited shows as a zombie while its other threads still
+    // run (a Go program such as podman shutting down does this), so every thread is looked at.
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.filter_map(Result::ok).any(|thread| {
+        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name in parentheses, which may contain spaces.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        })
+    })
 }
