@@ -1145,6 +1145,105 @@ fn killed_run_leaves_deadline_label() {
     }
 }
 
+/// A command killed with SIGKILL leaves its subprocess agent running, in a process group of its
+/// own, with its HOME folder. The next command on the same machine stops that agent (and the
+/// agent's child) and removes the folder.
+#[test]
+fn killed_run_agent_is_stopped_by_next_command() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let package = dir.path().join("stubborn");
+    fs::create_dir_all(&package).expect("creating the package folder");
+    fs::write(
+        package.join("Dockerfile"),
+        "FROM scratch\nCOPY agent.sh /agent.sh\nENTRYPOINT [\"/bin/sh\", \"/agent.sh\"]\n",
+    )
+    .expect("writing the Dockerfile");
+    // Writes its pid, its child's pid and its HOME once the child runs, then waits for it.
+    fs::write(
+        package.join("agent.sh"),
+        "read -r line\nsleep 300 &\necho \"$$ $! $HOME\" > \"$MARK.partial\"\n\
+         mv \"$MARK.partial\" \"$MARK\"\nwait\n",
+    )
+    .expect("writing the agent");
+    let mark = dir.path().join("mark");
+    // The job records of the commands of this test, apart from those of other tests.
+    let runtime_dir = dir.path().join("runtime");
+    fs::create_dir(&runtime_dir).expect("creating the runtime folder");
+
+    let mut child = agentrun(&["run", "--timeout", "600", "--env"])
+        .arg(format!("MARK={}", mark.display()))
+        .arg(&package)
+        .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .spawn();
+    let killed_pid = child.id();
+    let begun = Instant::now();
+    while !mark.exists() && begun.elapsed() < CLI_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = fs::read_to_string(&mark).expect("the agent wrote its mark");
+    let mut words = text.split_whitespace();
+    let agent: u32 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .expect("agent pid");
+    let sleeper: u32 = words
+        .next()
+        .and_then(|w| w.parse().ok())
+        .expect("child pid");
+    let home = PathBuf::from(words.next().expect("HOME"));
+    // Child::kill sends SIGKILL, which the command cannot handle.
+    child.kill().expect("killing agentrun");
+    let _ = child.wait();
+    assert!(
+        process_runs(agent),
+        "the killed command's agent {agent} runs on"
+    );
+    assert!(
+        home.is_dir(),
+        "{} is there until a command sweeps",
+        home.display()
+    );
+
+    let output = agentrun(&["run", "--context", "user-name=alice"])
+        .arg(example("echo"))
+        .env("XDG_RUNTIME_DIR", &runtime_dir)
+        .run();
+    output.assert_exit(0);
+    let stopped = Instant::now();
+    while (process_runs(agent) || process_runs(sleeper)) && stopped.elapsed() < CLI_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!process_runs(agent), "agent {agent} still runs");
+    assert!(
+        !process_runs(sleeper),
+        "the agent's child {sleeper} still runs"
+    );
+    assert!(!home.exists(), "{} is left", home.display());
+    let killed_records = fs::read_dir(runtime_dir.join("agentrun-cli"))
+        .expect("the records folder exists")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with(&format!("{killed_pid}-")));
+    assert_eq!(
+        killed_records, None,
+        "the killed command's records are left"
+    );
+}
+
+/// Returns true while a process with this pid has a thread that is not a zombie.
+fn process_runs(pid: u32) -> bool {
+    let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.filter_map(Result::ok).any(|thread| {
+        fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name in parentheses, which may contain spaces.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        })
+    })
+}
+
 /// Every command on Docker and Podman removes containers of any instance whose deadline label
 /// is more than a minute past, and leaves alone those whose deadline is ahead or that carry no
 /// deadline.
@@ -1946,10 +2045,21 @@ fn empty_dir(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
+/// Asserts that `path` holds nothing but the command line's folder of job records
+/// (`agentrun-cli-<uid>`, which the subprocess executor keeps in the temporary folder), and that
+/// this one is empty: each command removes its own records.
 fn assert_empty_dir(path: &Path) {
     let left: Vec<_> = fs::read_dir(path)
         .expect("reading the folder")
         .filter_map(Result::ok)
+        .filter(|entry| {
+            let records = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with("agentrun-cli-"));
+            let empty = fs::read_dir(entry.path()).is_ok_and(|mut dir| dir.next().is_none());
+            !(records && empty)
+        })
         .map(|entry| entry.file_name())
         .collect();
     assert!(left.is_empty(), "{} is not empty: {left:?}", path.display());

@@ -222,28 +222,62 @@ async fn connect_dispatcher(target: &TargetArgs) -> Result<Dispatcher, Error> {
              agents use this machine's network: run with -x docker or -x podman to set it"
         );
     }
-    let config = BackendsConfig::with_instance(&target.instance);
+    let mut config = BackendsConfig::with_instance(&target.instance);
+    if target.executor == ExecutorKind::Subprocess {
+        config.subprocess.shared_state_dir = cli_state_dir();
+    }
     let executor = backends::connect(target.executor, &config).await?;
-    // The containers of a command killed with SIGKILL stay behind, since nothing removes them
-    // at its end. Each command removes those of any instance whose deadline label expired,
-    // which costs one container listing and never touches a container still in use.
-    if target.executor.is_container() {
-        match executor.sweep_expired().await {
-            Ok(removed) if !removed.is_empty() => {
-                tracing::info!(
-                    count = removed.len(),
-                    "removed containers whose deadline expired"
-                );
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(error = %error, "removing containers whose deadline expired failed");
-            }
+    // What a command killed with SIGKILL started stays behind, since nothing removes it at its
+    // end: containers, and on the subprocess executor the agent's process group and HOME
+    // folder. Each command removes the containers of any instance whose deadline label expired
+    // (one container listing) and stops the agents of commands that are gone; neither touches
+    // a job that is still in use.
+    match executor.sweep_expired().await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(
+                count = removed.len(),
+                "removed what commands killed with SIGKILL left behind"
+            );
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(error = %error, "removing what killed commands left behind failed");
         }
     }
     let mut defaults = DispatchDefaults::default();
     defaults.limits.network.clone_from(&target.network);
     Ok(Dispatcher::with_defaults(executor, defaults))
+}
+
+/// Returns the folder where command-line runs record their running subprocess jobs, so that a
+/// later run can stop the agents of a run killed with SIGKILL: `$XDG_RUNTIME_DIR/agentrun-cli`
+/// when that variable is set, else `agentrun-cli-<uid>` in the temporary folder. The folder is
+/// created with mode 0700; one that another user owns or that others may write is not used.
+fn cli_state_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+
+    let uid = nix::unistd::geteuid().as_raw();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        Some(runtime) => std::path::PathBuf::from(runtime).join("agentrun-cli"),
+        None => std::env::temp_dir().join(format!("agentrun-cli-{uid}")),
+    };
+    if let Err(error) = std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        if error.kind() != std::io::ErrorKind::AlreadyExists {
+            tracing::warn!(dir = %dir.display(), %error, "creating the folder for job records failed; agents of a killed command are not stopped later");
+            return None;
+        }
+    }
+    match std::fs::symlink_metadata(&dir) {
+        Ok(metadata)
+            if metadata.is_dir() && metadata.uid() == uid && metadata.mode() & 0o022 == 0 =>
+        {
+            Some(dir)
+        }
+        _ => {
+            tracing::warn!(dir = %dir.display(), "the folder for job records is not a folder that only this user can write; agents of a killed command are not stopped later");
+            None
+        }
+    }
 }
 
 /// Cancels `cancel` on Ctrl-C or SIGTERM until the returned guard is dropped, so that an

@@ -103,6 +103,13 @@ pub struct SubprocessConfig {
     /// the agents it left running. The service sets `<data_dir>/run` when this is not set.
     /// Default: none, so nothing is recorded and nothing can be recovered.
     pub state_dir: Option<PathBuf>,
+    /// Folder that engine processes which come and go share, such as command-line runs. When
+    /// `state_dir` is not set, each process records its running jobs in its own subfolder
+    /// `<pid>-<start time>` of it, and [`Executor::sweep_expired`] stops the agents and removes
+    /// the `HOME` folders of jobs whose engine process is gone. The command line sets it; it
+    /// is not read from configuration files. Default: none.
+    #[serde(skip)]
+    pub shared_state_dir: Option<PathBuf>,
 }
 
 impl Default for SubprocessConfig {
@@ -111,6 +118,7 @@ impl Default for SubprocessConfig {
             home_parent: None,
             drain_after_exit_ms: DEFAULT_DRAIN_AFTER_EXIT_MS,
             state_dir: None,
+            shared_state_dir: None,
         }
     }
 }
@@ -125,6 +133,9 @@ impl SubprocessConfig {
 #[derive(Debug, Default)]
 pub struct SubprocessExecutor {
     config: SubprocessConfig,
+    /// Where running jobs are recorded: `state_dir`, else this process's subfolder of
+    /// `shared_state_dir`, else nowhere.
+    job_state_dir: Option<PathBuf>,
     /// Set once the warning about an ignored agent user has been logged.
     user_warning_logged: AtomicBool,
 }
@@ -132,8 +143,17 @@ pub struct SubprocessExecutor {
 impl SubprocessExecutor {
     /// Creates the backend. Nothing is checked until a package is prepared.
     pub fn new(config: SubprocessConfig) -> Self {
+        let job_state_dir = config.state_dir.clone().or_else(|| {
+            let shared = config.shared_state_dir.as_deref()?;
+            state::owner_dir(shared)
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "reading this process's start time failed; running jobs are not recorded");
+                })
+                .ok()
+        });
         Self {
             config,
+            job_state_dir,
             user_warning_logged: AtomicBool::new(false),
         }
     }
@@ -174,7 +194,7 @@ impl SubprocessExecutor {
             )
         })?;
         tempfile::Builder::new()
-            .prefix("agentrun-home-")
+            .prefix(state::HOME_PREFIX)
             .tempdir_in(&parent)
             .map_err(|source| {
                 ExecutorError::io(
@@ -182,6 +202,19 @@ impl SubprocessExecutor {
                     source,
                 )
             })
+    }
+}
+
+impl Drop for SubprocessExecutor {
+    /// Removes this process's subfolder of the shared state folder when no job record is left
+    /// in it. A record that is still there (a job whose future was leaked) keeps it for
+    /// [`Executor::sweep_expired`] of a later process.
+    fn drop(&mut self) {
+        if self.config.state_dir.is_none() {
+            if let Some(dir) = &self.job_state_dir {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 }
 
@@ -298,6 +331,30 @@ impl Executor for SubprocessExecutor {
         .await
         .map_err(|error| run::runtime_error("sweep jobs", error.to_string()))??;
         Ok(Vec::new())
+    }
+
+    /// Stops the agents of jobs whose engine process is gone, in the subfolders of
+    /// `shared_state_dir` (see [`SubprocessConfig::shared_state_dir`]), removes their `HOME`
+    /// folders, and returns those jobs' ids. Without a shared folder it does nothing.
+    async fn sweep_expired(&self) -> Result<Vec<String>, ExecutorError> {
+        let Some(shared) = self.config.shared_state_dir.clone() else {
+            return Ok(Vec::new());
+        };
+        let killed = tokio::task::spawn_blocking(move || {
+            state::stop_dead_owners(&shared).map_err(|source| {
+                ExecutorError::io(format!("list job records in {}", shared.display()), source)
+            })
+        })
+        .await
+        .map_err(|error| run::runtime_error("sweep jobs", error.to_string()))??;
+        for job_id in &killed {
+            tracing::info!(
+                job_id,
+                executor = EXECUTOR_NAME,
+                "killed the agent that an engine process killed with SIGKILL left running"
+            );
+        }
+        Ok(killed.iter().map(u64::to_string).collect())
     }
 }
 

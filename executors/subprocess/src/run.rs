@@ -93,13 +93,15 @@ pub(crate) async fn run_job(
         .ok_or_else(|| runtime_error("start agent", "the agent has no process id".to_owned()))?;
     let mut group = ProcessGroup::new(pid);
     // Removed when the job ends on every path, also when this future is dropped halfway.
-    let _record = match &executor.config.state_dir {
-        Some(dir) => Some(state::record(dir, job.job_id, pid).map_err(|source| {
-            ExecutorError::io(
-                format!("record job {} in {}", job.job_id, dir.display()),
-                source,
-            )
-        })?),
+    let _record = match &executor.job_state_dir {
+        Some(dir) => Some(
+            state::record(dir, job.job_id, pid, home.path()).map_err(|source| {
+                ExecutorError::io(
+                    format!("record job {} in {}", job.job_id, dir.display()),
+                    source,
+                )
+            })?,
+        ),
         None => None,
     };
     let exit_watch = ExitWatch::new(pid)
