@@ -510,6 +510,23 @@ impl Config {
                     .to_owned(),
             );
         }
+        // Checked again when binding; checking here stops the service before it writes
+        // anything, and lets --check-config report it.
+        let unix = &self.listen.unix;
+        if !unix.as_os_str().is_empty() {
+            if let Ok(metadata) = std::fs::symlink_metadata(unix) {
+                if !std::os::unix::fs::FileTypeExt::is_socket(&metadata.file_type()) {
+                    add(
+                        "listen.unix",
+                        format!(
+                            "{} exists and is not a socket: remove that file or set listen.unix \
+                             to another path",
+                            unix.display()
+                        ),
+                    );
+                }
+            }
+        }
         if self.listen.token.is_some() && self.listen.token_file.is_some() {
             add(
                 "listen.token",
@@ -867,8 +884,13 @@ fn check_token(token: &str) -> Result<(), String> {
         );
     }
     if length < MIN_TOKEN_CHARS {
+        let unit = if length == 1 {
+            "character"
+        } else {
+            "characters"
+        };
         return Err(format!(
-            "the token has {length} characters; the minimum is {MIN_TOKEN_CHARS}, so set a long \
+            "the token has {length} {unit}; the minimum is {MIN_TOKEN_CHARS}, so set a long \
              random value, such as the output of openssl rand -hex 32"
         ));
     }
@@ -1079,6 +1101,28 @@ mod tests {
         assert!(text.contains("\"no-such-user-x\" does not exist"), "{text}");
         assert!(text.contains("found 31 bytes"), "{text}");
         assert!(text.contains("\"ftp://x\" has an unknown scheme"), "{text}");
+    }
+
+    /// A `listen.unix` path held by a regular file is reported by validation, before start-up
+    /// writes anything.
+    #[test]
+    fn listen_unix_over_regular_file_is_rejected() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("notes.txt");
+        std::fs::write(&file, "keep me").expect("write");
+        let text = format!(
+            "executor = \"subprocess\"\n[listen]\nunix = {:?}\n",
+            file.display().to_string()
+        );
+        let error = Config::from_toml_str(&text).expect_err("invalid");
+        assert_eq!(error.invalid_keys(), ["listen.unix"], "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("notes.txt exists and is not a socket"),
+            "{error}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "keep me");
     }
 
     /// Lowering `concurrency` below the default `per_integration` keeps the configuration valid:

@@ -1041,7 +1041,11 @@ async fn invalid_package_hides_paths() {
     let error = response.json();
     assert_eq!(error["error"], "invalid_package", "{error}");
     let message = error["message"].as_str().unwrap_or_default();
-    assert!(message.contains("the package part"), "{error}");
+    assert!(
+        message.starts_with("the package part is a text file, not a zip archive: upload a .zip"),
+        "{error}"
+    );
+    assert!(!message.contains("folder that contains"), "{error}");
     let data_dir = dir.path().join("data").display().to_string();
     assert!(!response.text().contains(&data_dir), "{error}");
 }

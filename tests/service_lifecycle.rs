@@ -56,8 +56,8 @@ async fn second_service_on_data_dir_exits() {
     assert_eq!(response.status, 200, "{}", response.text());
 }
 
-/// `listen.unix` naming a regular file stops start-up with status 2 and leaves the file as
-/// it was.
+/// `listen.unix` naming a regular file stops start-up with status 2, before anything is
+/// written, and leaves the file as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_path_of_regular_file_is_kept() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -74,6 +74,8 @@ async fn unix_path_of_regular_file_is_kept() {
         std::fs::read(&socket).expect("the file is still there"),
         b"precious data"
     );
+    // The configuration check stops start-up before the data folder is made.
+    assert!(!dir.path().join("data").exists(), "{logs}");
 }
 
 /// At shutdown the service removes its own socket file, but not a file that replaced it at

@@ -296,7 +296,7 @@ fn manifest_wrong_container_types() {
         problems("name = \"x\"\nfields = 3\nenv = \"A=1\"\nrun = true\n"),
         [
             "fields: expected a list of tables ([[fields]] in TOML), found the number 3",
-            "env: expected a table of variable names and string values, such as { API_TOKEN = \"…\" }, found a string",
+            "env: expected a table of variable names and string values, such as API_TOKEN = \"…\" under [env] in TOML or {\"API_TOKEN\": \"…\"} in JSON, found a string",
             "run: expected a table ([run]), found the boolean true",
         ]
     );

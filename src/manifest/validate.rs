@@ -270,7 +270,8 @@ fn validate_env(table: &Table<'_>, problems: &mut Problems) -> BTreeMap<String, 
                 "env",
                 format!(
                     "expected a table of variable names and string values, such as \
-                     {{ API_TOKEN = \"…\" }}, found {}",
+                     API_TOKEN = \"…\" under [env] in TOML or {{\"API_TOKEN\": \"…\"}} in \
+                     JSON, found {}",
                     type_name(other)
                 ),
             );

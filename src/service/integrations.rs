@@ -407,10 +407,18 @@ async fn unpack(service: &Service, zip: &Path) -> Result<Unpacked, ApiError> {
         Err(error) if error.is_invalid_input() => {
             // The paths of the upload and of its folder are the service's own business, so
             // the client sees the part's name and the path inside the package instead.
-            let message = error
-                .to_string()
-                .replace(&upload_path, "the package part")
-                .replace(&incoming_path, "");
+            let message = match &error {
+                // An upload is always a file, so the command line's advice to pass a folder
+                // does not apply.
+                PackageError::NotAPackage { found, .. } => format!(
+                    "the package part is {found}, not a zip archive: upload a .zip whose top \
+                     level, or single top-level folder, holds a Dockerfile"
+                ),
+                _ => error
+                    .to_string()
+                    .replace(&upload_path, "the package part")
+                    .replace(&incoming_path, ""),
+            };
             Err(ApiError::unprocessable(
                 "invalid_package",
                 message.clone(),

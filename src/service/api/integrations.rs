@@ -29,7 +29,7 @@ const MAX_LOGGED_ENV_NAMES: usize = 20;
 
 /// Parses an `{id}` path segment: an agentID.
 pub(crate) fn parse_agent_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::not_found("integration", id))
+    Uuid::parse_str(id).map_err(|_| ApiError::not_found("integration", format!("{id:?}")))
 }
 
 async fn load(service: &Service, id: &str) -> Result<IntegrationRecord, ApiError> {

@@ -265,7 +265,8 @@ async fn read_job(service: &Service, id: u64) -> Result<JobRecord, ApiError> {
 }
 
 fn parse_job_id(id: &str) -> Result<u64, ApiError> {
-    id.parse().map_err(|_| ApiError::not_found("job", id))
+    id.parse()
+        .map_err(|_| ApiError::not_found("job", format!("{id:?}")))
 }
 
 /// `GET /v1/jobs/{job_id}`.
