@@ -61,6 +61,7 @@ pub(super) fn validate_fields(
 
     let mut fields = Vec::with_capacity(items.len());
     let mut first_index: HashMap<String, usize> = HashMap::new();
+    let mut regexes = RegexBudget::default();
     for (index, item) in items.iter().enumerate() {
         let path = format!("fields[{index}]");
         let Value::Object(entries) = item else {
@@ -71,7 +72,7 @@ pub(super) fn validate_fields(
         let name = validate_field_name(entries, &path, index, &mut first_index, problems);
         let field_name = Some(name.as_str()).filter(|name| !name.is_empty());
         let field_table = Table::new(entries, path).in_field(field_name);
-        let field = validate_field(&field_table, name.clone(), problems);
+        let field = validate_field(&field_table, name.clone(), &mut regexes, problems);
 
         // A prefill that breaks the field's own definition was checked against rules that are
         // themselves wrong, so only a field without other problems gets its prefill checked.
@@ -80,7 +81,31 @@ pub(super) fn validate_fields(
         }
         fields.push(field);
     }
+    if regexes.skipped > 0 {
+        problems.add(
+            "fields",
+            format!(
+                "the regexes of {} more fields were not compiled, because {MAX_OVERSIZED_REGEXES} \
+                 regexes already compile to more than {MAX_REGEX_BYTES} bytes: fix those and \
+                 check again",
+                regexes.skipped
+            ),
+        );
+    }
     fields
+}
+
+/// How many regexes that compile past [`MAX_REGEX_BYTES`] are reported before the rest are no
+/// longer compiled. Finding that a regex is too large costs the compile work up to the limit
+/// (about 0.1 s each in a debug build), so a manifest of such regexes would otherwise cost
+/// seconds of CPU before it is rejected.
+const MAX_OVERSIZED_REGEXES: usize = 3;
+
+/// Counts, over one manifest's fields, the regexes found too large and those then skipped.
+#[derive(Default)]
+struct RegexBudget {
+    oversized: usize,
+    skipped: usize,
 }
 
 fn validate_field_name(
@@ -120,7 +145,12 @@ fn validate_field_name(
 }
 
 /// Validates every key of one field except its name, which the caller read.
-fn validate_field(table: &Table<'_>, name: String, problems: &mut Problems) -> Field {
+fn validate_field(
+    table: &Table<'_>,
+    name: String,
+    regexes: &mut RegexBudget,
+    problems: &mut Problems,
+) -> Field {
     table.check_keys(FIELD_KEYS, "a field", problems);
 
     let ui_element = match table.string("ui_element", problems) {
@@ -139,9 +169,15 @@ fn validate_field(table: &Table<'_>, name: String, problems: &mut Problems) -> F
 
     let regex = table
         .string("regex", problems)
+        .filter(|_| {
+            let skip = regexes.oversized >= MAX_OVERSIZED_REGEXES;
+            regexes.skipped += usize::from(skip);
+            !skip
+        })
         .and_then(|source| match FieldRegex::new(&source) {
             Ok(regex) => Some(regex),
             Err(regex::Error::CompiledTooBig(_)) => {
+                regexes.oversized += 1;
                 table.add(
                     problems,
                     "regex",

@@ -514,6 +514,36 @@ fn manifest_regex_size_limit() {
     assert!(!error.to_string().contains("^(?:"), "{error}");
 }
 
+/// After three regexes that compile past the limit, the regexes of later fields are not
+/// compiled, and one problem counts them; a valid regex before them is still compiled.
+#[test]
+fn manifest_oversized_regexes_stop_compiling() {
+    let mut toml_text = "name = \"x\"\n[[fields]]\nname = \"ok\"\nregex = '\\w{20}'\n".to_owned();
+    for index in 0..6 {
+        toml_text.push_str(&format!(
+            "[[fields]]\nname = \"big{index}\"\nregex = '\\w{{200}}'\n"
+        ));
+    }
+    let found = problems(&toml_text);
+    assert_eq!(found.len(), 4, "{found:#?}");
+    for (index, problem) in found.iter().take(3).enumerate() {
+        let field = index + 1;
+        assert!(
+            problem.starts_with(&format!(
+                "fields[{field}].regex (field \"big{index}\"): regex"
+            )),
+            "{problem}"
+        );
+    }
+    assert_eq!(
+        found[3],
+        format!(
+            "fields: the regexes of 3 more fields were not compiled, because 3 regexes already \
+             compile to more than {MAX_REGEX_BYTES} bytes: fix those and check again"
+        )
+    );
+}
+
 /// A manifest with more fields than the maximum gets one problem with the count.
 #[test]
 fn manifest_field_count_limit() {
