@@ -271,7 +271,8 @@ async fn read_eof_counts_bytes(backend: &'static Backend) {
 }
 
 /// An agent that never reads stdin still replies, even when the message is larger than a pipe
-/// buffer, so writing it cannot finish.
+/// buffer, so writing it cannot finish. The runtime's complaint about the unread input is not
+/// reported as the agent's stderr, which stays empty.
 async fn no_stdin_large_message(backend: &'static Backend) {
     let job_id = backend.next_job_id();
     let mut job = Job::new("no-stdin", &"n".repeat(BIG_VALUE_BYTES));
@@ -281,6 +282,7 @@ async fn no_stdin_large_message(backend: &'static Backend) {
 
     assert_succeeded(&result, "no-stdin");
     assert_eq!(result.exit_code, Some(0));
+    assert_eq!(result.stderr_tail, "");
 }
 
 /// An agent that never exits is killed at the deadline, and the job has timed out.

@@ -428,6 +428,19 @@ pub(crate) enum OutputChunk {
     Stderr(Vec<u8>),
 }
 
+/// Returns true for a stderr frame that Podman itself writes when its copy between the client
+/// and the container's attach socket fails, such as
+/// `Error: read unixpacket @->/proc/self/fd/15/attach: read: connection reset by peer` for an
+/// agent that exits without reading all of its stdin. Such a frame is Podman's, not the agent's.
+fn is_attach_error(payload: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(payload);
+    let text = text.trim_end();
+    text.starts_with("Error: ")
+        && text.contains(" unixpacket ")
+        && text.contains("/attach: ")
+        && !text.contains('\n')
+}
+
 /// Decodes the multiplexed stream of a container without a terminal: frames of an 8-byte
 /// header (stream type 0, 1 or 2, three zero bytes, the payload length as a big-endian `u32`)
 /// followed by the payload.
@@ -469,6 +482,12 @@ impl<R: AsyncRead + Unpin> AttachOutput<R> {
             self.frame = (remaining > length).then_some((kind, remaining - length));
             match kind {
                 1 => return Ok(Some(OutputChunk::Stdout(payload))),
+                2 if remaining == length && is_attach_error(&payload) => {
+                    tracing::debug!(
+                        message = %String::from_utf8_lossy(&payload).trim_end(),
+                        "podman reported an attach error in the stderr stream; not kept as the agent's output"
+                    );
+                }
                 2 => return Ok(Some(OutputChunk::Stderr(payload))),
                 _ => {}
             }
@@ -706,6 +725,30 @@ mod tests {
                 Err(error) => return (chunks, Some(error)),
             }
         }
+    }
+
+    /// Podman's own attach error is dropped from the stderr stream; the agent's stderr around
+    /// it, and a similar line in a larger frame, are kept.
+    #[tokio::test]
+    async fn attach_error_frame_is_dropped() {
+        let podman =
+            b"Error: read unixpacket @->/proc/self/fd/15/attach: read: connection reset by peer\n";
+        let mut stream = frame(2, b"bye\n");
+        stream.extend(frame(2, podman));
+        let mut agent = b"log line\n".to_vec();
+        agent.extend_from_slice(podman);
+        stream.extend(frame(2, &agent));
+
+        let (chunks, error) = decode_all(&stream).await;
+
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(
+            chunks,
+            [
+                OutputChunk::Stderr(b"bye\n".to_vec()),
+                OutputChunk::Stderr(agent.clone()),
+            ]
+        );
     }
 
     #[tokio::test]
