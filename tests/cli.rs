@@ -1230,6 +1230,39 @@ fn killed_run_agent_is_stopped_by_next_command() {
     );
 }
 
+/// A records folder that others may write is not used: the run still succeeds, with a
+/// warning, and writes no record there.
+#[test]
+fn records_folder_writable_by_others_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().expect("temporary folder");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let records = dir.path().join(format!("agentrun-cli-{uid}"));
+    fs::create_dir(&records).expect("creating the records folder");
+    fs::set_permissions(&records, fs::Permissions::from_mode(0o777)).expect("chmod 777");
+
+    let output = agentrun(&["run", "--context", "user-name=alice"])
+        .arg(example("echo"))
+        .env("TMPDIR", dir.path())
+        .env_remove("XDG_RUNTIME_DIR")
+        .run();
+
+    output.assert_exit(0);
+    assert_eq!(output.stdout, "Hello from alice\n");
+    assert_contains(
+        &output.stderr,
+        "is not a folder that only this user can write",
+    );
+    let written: Vec<_> = fs::read_dir(&records)
+        .expect("reading the records folder")
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(written.is_empty(), "records written: {written:?}");
+}
+
 /// Returns true while a process with this pid has a thread that is not a zombie.
 fn process_runs(pid: u32) -> bool {
     let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -2129,6 +2162,11 @@ impl Agentrun {
 
     fn env(mut self, name: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
         self.0.env(name, value);
+        self
+    }
+
+    fn env_remove(mut self, name: &str) -> Self {
+        self.0.env_remove(name);
         self
     }
 
