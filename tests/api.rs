@@ -8,8 +8,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use harness::{
-    register_shell, shell_manifest, shell_package, slack_zip, wait_integration_ready,
-    wait_job_final, wait_job_running, zip_folder, Address, Client, ServiceProcess,
+    register_manifest, register_shell, shell_manifest, shell_package, slack_zip,
+    wait_integration_ready, wait_job_final, wait_job_running, zip_folder, Address, Client,
+    ServiceProcess,
 };
 use serde_json::{json, Value};
 
@@ -48,27 +49,7 @@ async fn form_and_job_warnings_share_shape() {
         .as_array_mut()
         .expect("fields")
         .push(json!({ "name": "who", "value": "SIFT-USER-NAME" }));
-    let zip = shell_package(&dir.path().join("package"));
-    let response = client
-        .multipart(
-            "POST",
-            "/v1/integrations",
-            &[
-                (
-                    "manifest",
-                    "application/json",
-                    manifest.to_string().into_bytes(),
-                ),
-                ("package", "application/zip", zip),
-            ],
-        )
-        .await;
-    assert_eq!(response.status, 202, "{}", response.text());
-    let agent_id = response.json()["agent_id"]
-        .as_str()
-        .expect("agent_id")
-        .to_owned();
-    wait_integration_ready(&client, &agent_id).await;
+    let agent_id = register_manifest(&client, dir.path(), manifest).await;
 
     let expected = json!([{
         "kind": "missing_keyword",

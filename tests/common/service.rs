@@ -319,6 +319,13 @@ pub async fn register_shell(client: &Client, dir: &Path, name: &str, env: Value)
     if !env.is_null() {
         manifest["env"] = env;
     }
+    register_manifest(client, dir, manifest).await
+}
+
+/// Registers the shell agent's package with `manifest` as the manifest part, and waits until
+/// the integration is ready. Returns its agentID.
+pub async fn register_manifest(client: &Client, dir: &Path, manifest: Value) -> String {
+    let name = manifest["name"].as_str().unwrap_or("unnamed").to_owned();
     let zip = shell_package(&dir.join(format!("package-{name}")));
     let response = client
         .multipart(
