@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use zip::write::SimpleFileOptions;
 use zip::ZipWriter;
 
+use common::process::process_alive;
 use common::runtimes::runtime_available;
 use common::testagent::write_testagent_package;
 use common::webhook::Webhook;
@@ -1195,7 +1196,7 @@ fn killed_run_agent_is_stopped_by_next_command() {
     child.kill().expect("killing agentrun");
     let _ = child.wait();
     assert!(
-        process_runs(agent),
+        process_alive(agent),
         "the killed command's agent {agent} runs on"
     );
     assert!(
@@ -1210,12 +1211,12 @@ fn killed_run_agent_is_stopped_by_next_command() {
         .run();
     output.assert_exit(0);
     let stopped = Instant::now();
-    while (process_runs(agent) || process_runs(sleeper)) && stopped.elapsed() < CLI_TIMEOUT {
+    while (process_alive(agent) || process_alive(sleeper)) && stopped.elapsed() < CLI_TIMEOUT {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!process_runs(agent), "agent {agent} still runs");
+    assert!(!process_alive(agent), "agent {agent} still runs");
     assert!(
-        !process_runs(sleeper),
+        !process_alive(sleeper),
         "the agent's child {sleeper} still runs"
     );
     assert!(!home.exists(), "{} is left", home.display());
@@ -1261,20 +1262,6 @@ fn records_folder_writable_by_others_is_not_used() {
         .map(|entry| entry.file_name())
         .collect();
     assert!(written.is_empty(), "records written: {written:?}");
-}
-
-/// Returns true while a process with this pid has a thread that is not a zombie.
-fn process_runs(pid: u32) -> bool {
-    let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    threads.filter_map(Result::ok).any(|thread| {
-        fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
-            // The state follows the command name in parentheses, which may contain spaces.
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
-        })
-    })
 }
 
 /// Every command on Docker and Podman removes containers of any instance whose deadline label
@@ -2078,7 +2065,7 @@ fn empty_dir(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
-/// Asserts that `path` holds nothing but the command line's folder of job records
+/// Asserts that `path` contains nothing but the command line's folder of job records
 /// (`agentrun-cli-<uid>`, which the subprocess executor keeps in the temporary folder), and that
 /// this one is empty: each command removes its own records.
 fn assert_empty_dir(path: &Path) {

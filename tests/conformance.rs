@@ -38,6 +38,7 @@ use agentrun::protocol::Request;
 use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
+use common::process::process_alive;
 use common::runtimes::runtime_available;
 use common::testagent::{fnv1a64_hex, write_testagent_package, UNICODE_LABEL};
 
@@ -836,20 +837,4 @@ async fn wait_for_process_with(marker: &str) {
     while processes_with(marker).is_empty() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Returns true while a process with this pid has a thread that is not a zombie.
-fn process_alive(pid: u32) -> bool {
-    // A process whose main thread has exited shows as a zombie while its other threads still
-    // run (a Go program such as podman shutting down does this), so every thread is looked at.
-    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    threads.filter_map(Result::ok).any(|thread| {
-        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
-            // The state follows the command name in parentheses, which may contain spaces.
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
-        })
-    })
 }
