@@ -758,7 +758,7 @@ impl Config {
 }
 
 /// Returns one message per figment error: the key and its source (the file, or the
-/// `AGENTRUN_*` variable), the problem in plain type words, and the value where `figment` holds
+/// `AGENTRUN_*` variable), the problem in plain type words, and the value where `figment` has
 /// one, since figment's own texts name Rust types and nest backticks.
 fn figment_messages(figment: &Figment, error: figment::Error) -> Vec<String> {
     error

@@ -103,7 +103,7 @@ async fn shutdown_removes_only_own_socket() {
     );
 }
 
-/// During the drain after SIGTERM, reads are served, `/healthz` answers 503 `stopping`, and
+/// During the drain after SIGTERM, reads are served, `/healthz` responds with 503 `stopping`, and
 /// new jobs and changes get 503; once the drain ends the socket file is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_serves_reads() {
@@ -191,8 +191,8 @@ async fn delete_then_register_again(config: &str) {
     assert_eq!(deleted.status, 200, "{}", deleted.text());
     let again = register_shell(&client, dir.path(), "Sleeper", Value::Null).await;
     assert_eq!(again, agent_id);
-    // The cleanup waits for the cancelled job to end, and may run before or after the second
-    // registration; either way the new integration's folder and image must remain.
+    // The cleanup waits for the cancelled job to end, so it may run before or after the second
+    // registration. Either way the new integration's folder and image must remain.
     harness::wait_for(
         "the deleted integration's cleanup",
         Duration::from_secs(60),

@@ -229,9 +229,9 @@ async fn connect_dispatcher(target: &TargetArgs) -> Result<Dispatcher, Error> {
     let executor = backends::connect(target.executor, &config).await?;
     // What a command killed with SIGKILL started stays behind, since nothing removes it at its
     // end: containers, and on the subprocess executor the agent's process group and HOME
-    // folder. Each command removes the containers of any instance whose deadline label expired
-    // (one container listing) and stops the agents of commands that are gone; neither touches
-    // a job that is still in use.
+    // folder. So each command removes the containers of any instance whose deadline label
+    // expired (one container listing), and stops the agents of commands that are gone. Neither
+    // touches a job that is still in use.
     match executor.sweep_expired().await {
         Ok(removed) if !removed.is_empty() => {
             tracing::info!(

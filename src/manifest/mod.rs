@@ -75,7 +75,7 @@ pub const MAX_FIELDS: usize = 100;
 /// are validated on blocking threads for that reason.
 ///
 /// NOTE: [`Manifest::from_stored_json`] applies this limit and [`MAX_FIELDS`] too, so a manifest
-/// that a database holds from before they existed fails to load instead of being accepted.
+/// that a database contains from before they existed fails to load instead of being accepted.
 pub const MAX_REGEX_BYTES: usize = 4 * 1024 * 1024;
 
 /// A validated integration manifest.

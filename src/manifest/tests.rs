@@ -515,7 +515,7 @@ fn manifest_regex_size_limit() {
 }
 
 /// After three regexes that compile past the limit, the regexes of later fields are not
-/// compiled, and one problem counts them; a valid regex before them is still compiled.
+/// compiled, and one problem counts them. A valid regex before them is still compiled.
 #[test]
 fn manifest_oversized_regexes_stop_compiling() {
     let mut toml_text = "name = \"x\"\n[[fields]]\nname = \"ok\"\nregex = '\\w{20}'\n".to_owned();

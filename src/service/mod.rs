@@ -17,7 +17,7 @@
 //! 4. Shutdown on SIGTERM or SIGINT: send `STOPPING=1`, stop claiming jobs, let running jobs
 //!    finish for `shutdown_grace_secs` and cancel the rest (recorded as `cancelled`, with a
 //!    message saying that the service stopped). During this drain the API goes on serving
-//!    reads, `/healthz` answers 503 `{"status":"stopping"}`, and requests that would start a
+//!    reads, `/healthz` responds with 503 `{"status":"stopping"}`, and requests that would start a
 //!    job or change an integration get 503. Then the listeners close, the socket file is
 //!    removed and the data folder's lock is released.
 //!

@@ -130,7 +130,7 @@ impl StoreError {
 
 type Operation = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// What an operation on the store thread uses besides the connection.
+/// State that an operation on the store thread uses besides the connection.
 struct Codecs {
     /// Seals and opens env values.
     cipher: EnvCipher,

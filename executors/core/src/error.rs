@@ -206,7 +206,7 @@ pub fn init_exec_fault(stderr: &str) -> Option<(Option<String>, ExecFault)> {
 
 /// Formats an error and its sources as `outer: inner: innermost` on one line, so that the cause
 /// behind "reading X failed" or a transport's "connection refused" is not lost where only one
-/// line of text is kept. A source whose message the text already holds is not repeated.
+/// line of text is kept. A source whose message the text already contains is not repeated.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

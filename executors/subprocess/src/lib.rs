@@ -133,8 +133,8 @@ impl SubprocessConfig {
 #[derive(Debug, Default)]
 pub struct SubprocessExecutor {
     config: SubprocessConfig,
-    /// Where running jobs are recorded: `state_dir`, else this process's subfolder of
-    /// `shared_state_dir`, else nowhere.
+    /// Folder of the running jobs' records: `state_dir`, else this process's subfolder of
+    /// `shared_state_dir`, else none.
     job_state_dir: Option<PathBuf>,
     /// Set once the warning about an ignored agent user has been logged.
     user_warning_logged: AtomicBool,

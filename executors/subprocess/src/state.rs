@@ -1,9 +1,9 @@
 //! Records of running jobs in a state folder, so that an engine that was killed with SIGKILL
 //! can stop the agents it left running once it starts again.
 //!
-//! Each running job has a file `<job id>.job`: its first line holds the agent's process id
+//! Each running job has a file `<job id>.job`. Its first line contains the agent's process id
 //! (which is also its process group id) and the process's start time from `/proc/PID/stat`, in
-//! clock ticks since boot; its second line holds the job's private `HOME` folder. A pid can be
+//! clock ticks since boot. Its second line contains the job's private `HOME` folder. A pid can be
 //! reused by an unrelated process once the agent is gone, so a recorded group is killed only
 //! while a process with that pid and that start time exists. The `HOME` folder is removed with
 //! the record.
@@ -347,10 +347,10 @@ mod tests {
         assert!(!dir.path().join("4.job").exists());
     }
 
-    /// The jobs of an engine process that is gone are stopped and its subfolder removed; the
-    /// subfolder of a running process (this one) is kept with its records.
+    /// The jobs of an engine process that is gone are stopped, and its subfolder is removed.
+    /// The subfolder of a running process (this one) is kept with its records.
     #[test]
-    fn stop_dead_owners_stops_only_jobs_of_gone_processes() {
+    fn stop_dead_owners_keeps_live_owner() {
         let shared = tempfile::tempdir().expect("temporary folder");
         // A process that existed and was reaped: its pid and start time name no process now.
         let mut gone = std::process::Command::new("true")

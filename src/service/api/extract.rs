@@ -126,7 +126,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 /// The members of a JSON object in the order given, duplicate names included.
 ///
 /// `serde_json::Map` keeps only the last of two members with the same name, so a request
-/// could not be told that it gave a key twice. Handlers that must reject duplicates read this
+/// could not get an error for a key given twice. Handlers that must reject duplicates read this
 /// instead and check the names themselves.
 #[derive(Debug, Default)]
 pub(crate) struct JsonMembers(pub(crate) Vec<(String, Value)>);
