@@ -197,10 +197,12 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// Removes the containers of any engine instance whose [`LABEL_DEADLINE`] is more than
-    /// [`EXPIRED_AFTER`] past, and returns their ids. Unlike [`sweep`](Executor::sweep) it
-    /// never touches a container that may still be in use, so a command-line run can call it
-    /// while a service runs jobs on the same runtime. The default removes nothing.
+    /// Removes what engine processes killed with SIGKILL left behind and that no process can
+    /// still use, and returns its ids. Container backends remove the containers of any engine
+    /// instance whose [`LABEL_DEADLINE`] is more than [`EXPIRED_AFTER`] past. The subprocess
+    /// backend stops the agents of jobs whose engine process is gone and returns their job ids.
+    /// Unlike [`sweep`](Executor::sweep) it never touches a job that may still be in use, so a
+    /// command-line run can call it while a service runs jobs. The default removes nothing.
     ///
     /// # Errors
     ///
