@@ -653,6 +653,17 @@ impl Config {
     }
 
     fn check_backends(&self, add: &mut impl FnMut(&str, String)) {
+        if let Some(state) = &self.subprocess.state_dir {
+            if !state.is_absolute() {
+                add(
+                    "subprocess.state_dir",
+                    format!(
+                        "{state:?} is relative; give an absolute path, such as \
+                         /var/lib/agentrun/run"
+                    ),
+                );
+            }
+        }
         if let Some(parent) = &self.subprocess.home_parent {
             if !parent.is_absolute() {
                 add(
@@ -1103,7 +1114,21 @@ mod tests {
         assert!(text.contains("\"ftp://x\" has an unknown scheme"), "{text}");
     }
 
-    /// A `listen.unix` path held by a regular file is reported by validation, before start-up
+    /// A relative `subprocess.state_dir` would depend on the working folder, so it is rejected.
+    #[test]
+    fn relative_state_dir_is_rejected() {
+        let text = "executor = \"subprocess\"\n[subprocess]\nstate_dir = \"run\"\n";
+        let error = Config::from_toml_str(text).expect_err("invalid");
+        assert_eq!(error.invalid_keys(), ["subprocess.state_dir"], "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("\"run\" is relative; give an absolute path"),
+            "{error}"
+        );
+    }
+
+    /// A `listen.unix` path taken by a regular file is reported by validation, before start-up
     /// writes anything.
     #[test]
     fn listen_unix_over_regular_file_is_rejected() {
