@@ -8,6 +8,7 @@
 //! what lets a restarted service find it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use uuid::Uuid;
 use super::Service;
 use crate::dispatcher::{Integration, JobStatus, WorkRequest};
 use crate::error::Error;
-use crate::store::{ClaimLimits, JobFinish, JobRecord, JobState};
+use crate::store::{ClaimLimits, JobFinish, JobRecord, JobState, StoreError};
 
 /// Why a running job was cancelled; it decides the message recorded with the job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +65,9 @@ pub(crate) struct Pool {
     finished: Notify,
     /// Set once the service stops taking jobs.
     stopped: CancellationToken,
+    /// Claims in progress: the store already records their jobs as running, but they are not
+    /// in `running` yet, so a drain must wait for them too.
+    claiming: AtomicUsize,
 }
 
 impl Pool {
@@ -129,7 +133,7 @@ impl Pool {
                 let running = self.lock();
                 match agent_id {
                     Some(agent_id) => running.values().any(|job| job.agent_id == agent_id),
-                    None => !running.is_empty(),
+                    None => !running.is_empty() || self.claiming.load(Ordering::SeqCst) > 0,
                 }
             };
             if !busy {
@@ -177,30 +181,24 @@ impl Pool {
 /// Claims and starts jobs until the pool is stopped.
 pub(crate) async fn schedule(service: Arc<Service>) {
     let pool = &service.pool;
-    let jobs = &service.config.jobs;
     loop {
-        if pool.stopped.is_cancelled() {
-            break;
-        }
-        let running = pool.running_by_integration();
-        let busy: usize = running.values().sum();
-        let limits = ClaimLimits {
-            free: jobs.concurrency.saturating_sub(busy),
-            per_integration: jobs.per_integration,
-            running,
+        // Counted from before the stop check, so that a drain that starts after the check
+        // waits for this claim's jobs to be registered.
+        pool.claiming.fetch_add(1, Ordering::SeqCst);
+        let claimed = if pool.stopped.is_cancelled() {
+            None
+        } else {
+            Some(claim_and_start(&service).await)
         };
-        if limits.free > 0 {
-            match service.store.claim_jobs(limits).await {
-                Ok(claimed) => {
-                    for job in claimed {
-                        start(&service, job);
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(error = %error, "claiming queued jobs failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
+        pool.claiming.fetch_sub(1, Ordering::SeqCst);
+        pool.finished.notify_waiters();
+        match claimed {
+            None => break,
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                tracing::error!(error = %error, "claiming queued jobs failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
         }
         tokio::select! {
@@ -209,6 +207,25 @@ pub(crate) async fn schedule(service: Arc<Service>) {
         }
     }
     tracing::debug!("scheduler stopped");
+}
+
+/// Claims as many queued jobs as the limits allow and starts them.
+async fn claim_and_start(service: &Arc<Service>) -> Result<(), StoreError> {
+    let jobs = &service.config.jobs;
+    let running = service.pool.running_by_integration();
+    let busy: usize = running.values().sum();
+    let limits = ClaimLimits {
+        free: jobs.concurrency.saturating_sub(busy),
+        per_integration: jobs.per_integration,
+        running,
+    };
+    if limits.free == 0 {
+        return Ok(());
+    }
+    for job in service.store.claim_jobs(limits).await? {
+        start(service, job);
+    }
+    Ok(())
 }
 
 /// Registers a claimed job and spawns its task.
