@@ -418,6 +418,9 @@ impl ServiceProcess {
             .stderr(log_file)
             // No user configuration of the machine running the tests.
             .env("XDG_CONFIG_HOME", dir.join("xdg"))
+            // Agents' HOME folders inside the test's folder: a service that the test kills with
+            // SIGKILL (as dropping this value does) cannot remove those of its running jobs.
+            .env("TMPDIR", dir)
             .env("AGENTRUN_LOG", "agentrun=debug,info")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("CREDENTIALS_DIRECTORY");
